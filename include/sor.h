@@ -1,0 +1,92 @@
+/*-------------------------------------------------------------------------
+ *
+ * sor.h
+ *	  Declarations shared by the parts of the sor extension.
+ *
+ * sor enforces the system-of-record rule: every record of a registered
+ * table is written at exactly one site, its owner.  The parts are:
+ *
+ *	catalog.c	backend-local caches of the sor catalog (sites, domains,
+ *				registered tables, ownership entries) and their invalidation
+ *	lock.c		the record and domain locks that keep writes and ownership
+ *				hand-offs from interleaving
+ *	enforce.c	the enforcement trigger and the catalog triggers
+ *	functions.c	SQL-callable functions written in C
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef SOR_H
+#define SOR_H
+
+#include "fmgr.h"
+#include "storage/lockdefs.h"
+#include "utils/relcache.h"
+
+/*
+ * Advisory lock classes of sor's own (LOCKTAG field4).  pg_advisory_lock()
+ * uses 1 and 2, so these never collide with an application's locks.
+ */
+#define SOR_LOCK_RECORD		0x5301	/* one record: (domain, key) */
+#define SOR_LOCK_DOMAIN		0x5302	/* one domain */
+
+/*
+ * A transaction that writes more distinct records of one domain than this
+ * stops taking record locks and holds a share lock on the whole domain.
+ */
+#define SOR_LOCK_ESCALATION_THRESHOLD 16
+
+/* Cached facts about one domain. */
+typedef struct SorDomain
+{
+	char		name[256];		/* hash key */
+	Oid			key_type;		/* base type of the domain's keys */
+	FmgrInfo	key_input;
+	Oid			key_ioparam;
+	FmgrInfo	key_output;
+	bool		has_default;	/* has a default owner */
+	char		default_site[NAMEDATALEN];
+	int64		default_epoch;
+
+	/* lock escalation state of the current transaction */
+	LocalTransactionId lock_lxid;
+	int			record_locks;	/* distinct record locks taken in lock_lxid */
+	bool		escalated;
+} SorDomain;
+
+/* Cached facts about one table that is registered or a partition of one. */
+typedef struct SorTable
+{
+	Oid			relid;			/* hash key */
+	SorDomain  *domain;
+	AttrNumber	key_attnum;		/* in this relation (partitions may differ) */
+	FmgrInfo	key_output;
+} SorTable;
+
+/* Who owns one record. */
+typedef struct SorOwnership
+{
+	bool		owned;
+	bool		by_default;		/* from the domain's default owner */
+	char		site[NAMEDATALEN];
+	int64		epoch;
+} SorOwnership;
+
+/* catalog.c */
+extern void sor_cache_init(void);
+extern void sor_cache_revalidate(void);
+extern uint64 sor_cache_generation(void);
+extern const char *sor_local_site(void);
+extern SorDomain *sor_lookup_domain(const char *name, bool missing_ok);
+extern SorTable *sor_lookup_table(Oid relid);
+extern void sor_lookup_owner(SorDomain *domain, const char *key,
+							 SorOwnership *result);
+extern char *sor_canonical_key(SorDomain *domain, const char *key);
+extern Oid	sor_key_family_type(Oid typid);
+extern bool sor_is_catalog_relation(Oid relid);
+
+/* lock.c */
+extern void sor_lock_record_for_write(SorDomain *domain, const char *key);
+extern void sor_lock_record_for_handoff(const char *domain, const char *key);
+extern void sor_lock_domain_for_handoff(const char *domain);
+
+#endif							/* SOR_H */

@@ -1,0 +1,875 @@
+/* sor--1.0.sql: install script of the sor extension, version 1.0 */
+
+\echo Use "CREATE EXTENSION sor" to load this file. \quit
+
+/*
+ * Catalog
+ *
+ * Nobody writes these tables directly: the functions below are the only way
+ * in.  Everyone may read them.  All of them are dumped by pg_dump.  Every
+ * table that the caches in catalog.c read has the row trigger
+ * sor.catalog_changed(), enabled ALWAYS, so that changes made here or
+ * applied by replication reach every backend's cache.
+ */
+
+-- Every site that takes part.
+CREATE TABLE @extschema@.site (
+    name        text COLLATE "C" PRIMARY KEY
+                CHECK (name OPERATOR(pg_catalog.~) '^[a-z0-9_]{1,63}$'),
+    added_at    timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+
+-- The site this database is: at most one row.  Never replicated.
+CREATE TABLE @extschema@.local_identity (
+    singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    site        text COLLATE "C" NOT NULL REFERENCES @extschema@.site,
+    set_at      timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+
+-- Kinds of record.  key_type is the type that reads and writes keys
+-- (bigint, text or uuid); default_site owns every key without an entry.
+CREATE TABLE @extschema@.domain (
+    name            text COLLATE "C" PRIMARY KEY
+                    CHECK (pg_catalog.octet_length(name) BETWEEN 1 AND 255),
+    key_type        regtype NOT NULL,
+    default_site    text COLLATE "C" REFERENCES @extschema@.site,
+    default_epoch   bigint NOT NULL DEFAULT 0 CHECK (default_epoch >= 0),
+    created_at      timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+
+-- Registered tables.  A registered partitioned table covers its partitions.
+CREATE TABLE @extschema@.registered_table (
+    tbl             regclass PRIMARY KEY,
+    domain          text COLLATE "C" NOT NULL REFERENCES @extschema@.domain,
+    key_column      name NOT NULL,
+    registered_at   timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+
+-- Ownership entries: (domain, key) -> (site, epoch).  key is in canonical
+-- form (sor.canonical_key).
+CREATE TABLE @extschema@.owner_entry (
+    domain      text COLLATE "C" NOT NULL REFERENCES @extschema@.domain,
+    key         text COLLATE "C" NOT NULL,
+    site        text COLLATE "C" NOT NULL REFERENCES @extschema@.site,
+    epoch       bigint NOT NULL CHECK (epoch > 0),
+    changed_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (domain, key)
+);
+
+-- Every change of owner, append-only.  key is NULL for a change of a
+-- domain's default owner.  Rows are numbered per recording site, so that
+-- histories of several sites can be merged.
+CREATE TABLE @extschema@.ownership_history (
+    recorded_at_site    text COLLATE "C" NOT NULL,
+    seq                 bigint GENERATED ALWAYS AS IDENTITY,
+    domain              text COLLATE "C" NOT NULL,
+    key                 text COLLATE "C",
+    action              text NOT NULL
+                        CHECK (action IN ('claim', 'transfer', 'takeover')),
+    from_site           text COLLATE "C",
+    to_site             text COLLATE "C" NOT NULL,
+    epoch               bigint NOT NULL,
+    changed_by          name NOT NULL,
+    changed_at          timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (recorded_at_site, seq)
+);
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.site', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.local_identity', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.domain', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.registered_table', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.owner_entry', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.ownership_history', '');
+
+CREATE VIEW @extschema@.ownership AS
+    SELECT domain, key, site, epoch, changed_at
+      FROM @extschema@.owner_entry;
+
+/*
+ * Functions in C
+ */
+
+CREATE FUNCTION @extschema@.enforce() RETURNS trigger
+    LANGUAGE C AS 'MODULE_PATHNAME', 'sor_enforce';
+
+CREATE FUNCTION @extschema@.catalog_changed() RETURNS trigger
+    LANGUAGE C AS 'MODULE_PATHNAME', 'sor_catalog_changed';
+
+CREATE FUNCTION @extschema@.local_site() RETURNS text
+    LANGUAGE C AS 'MODULE_PATHNAME', 'sor_local_site_sql';
+
+CREATE FUNCTION @extschema@.owner_of(domain text, key text) RETURNS text
+    LANGUAGE C AS 'MODULE_PATHNAME', 'sor_owner_of';
+
+CREATE FUNCTION @extschema@.canonical_key(domain text, key text) RETURNS text
+    LANGUAGE C AS 'MODULE_PATHNAME', 'sor_canonical_key_sql';
+
+CREATE FUNCTION @extschema@.key_type_family(regtype) RETURNS regtype
+    LANGUAGE C IMMUTABLE STRICT AS 'MODULE_PATHNAME', 'sor_key_type_family';
+
+CREATE FUNCTION @extschema@.lock_record_for_handoff(domain text, key text)
+    RETURNS void
+    LANGUAGE C AS 'MODULE_PATHNAME', 'sor_lock_record_for_handoff_sql';
+
+CREATE FUNCTION @extschema@.lock_domain_for_handoff(domain text) RETURNS void
+    LANGUAGE C AS 'MODULE_PATHNAME', 'sor_lock_domain_for_handoff_sql';
+
+/*
+ * Helpers of the implementations below.
+ */
+
+-- value, unless it is NULL or empty.
+CREATE FUNCTION @extschema@.required(value text, what text) RETURNS text
+    LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF value IS NULL THEN
+        RAISE EXCEPTION '% must not be null', what
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF value = '' THEN
+        RAISE EXCEPTION '% must not be empty', what
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN value;
+END
+$$;
+
+-- name, if a site of that name exists.
+CREATE FUNCTION @extschema@.existing_site(name text, what text) RETURNS text
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM @extschema@.required(name, what);
+    IF NOT EXISTS (SELECT FROM @extschema@.site s WHERE s.name = existing_site.name) THEN
+        RAISE EXCEPTION 'site "%" does not exist', name
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'Add it with sor.add_site().';
+    END IF;
+    RETURN name;
+END
+$$;
+
+-- The local site's name; an error while it is not set.
+CREATE FUNCTION @extschema@.required_local_site() RETURNS text
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    local text := @extschema@.local_site();
+BEGIN
+    IF local IS NULL THEN
+        RAISE EXCEPTION 'the local site is not set'
+            USING ERRCODE = 'SR003',
+                  HINT = 'An administrator names this site with sor.set_local_site().';
+    END IF;
+    RETURN local;
+END
+$$;
+
+-- The domain's catalog row; an error if there is none.
+CREATE FUNCTION @extschema@.existing_domain(name text)
+    RETURNS @extschema@.domain
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    d @extschema@.domain;
+BEGIN
+    PERFORM @extschema@.required(name, 'domain');
+    SELECT * INTO d FROM @extschema@.domain WHERE domain.name = existing_domain.name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'domain "%" does not exist', name
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'A domain is created by the first sor.register_table() that names it.';
+    END IF;
+    RETURN d;
+END
+$$;
+
+-- Current owner and epoch of (domain, key): the entry, else the domain's
+-- default; site is NULL when the record has no owner.  Reads the latest
+-- committed catalog, so call it after taking the hand-off lock.
+CREATE FUNCTION @extschema@.current_owner(d @extschema@.domain, key text,
+                                          OUT site text, OUT epoch bigint,
+                                          OUT has_entry boolean)
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    SELECT e.site, e.epoch INTO site, epoch
+      FROM @extschema@.owner_entry e
+     WHERE e.domain = d.name AND e.key = current_owner.key
+       FOR UPDATE;
+    has_entry := FOUND;
+    IF NOT has_entry THEN
+        site := d.default_site;
+        epoch := d.default_epoch;
+    END IF;
+END
+$$;
+
+-- Set the owner of (domain, key) and record it in the history.
+CREATE FUNCTION @extschema@.set_owner(d @extschema@.domain, key text,
+                                      action text, from_site text,
+                                      to_site text, epoch bigint,
+                                      invoker oid)
+    RETURNS void
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    INSERT INTO @extschema@.owner_entry AS e (domain, key, site, epoch)
+    VALUES (d.name, key, to_site, epoch)
+    ON CONFLICT ON CONSTRAINT owner_entry_pkey DO UPDATE
+       SET site = excluded.site, epoch = excluded.epoch,
+           changed_at = pg_catalog.now();
+
+    INSERT INTO @extschema@.ownership_history
+           (recorded_at_site, domain, key, action, from_site, to_site, epoch,
+            changed_by)
+    VALUES (@extschema@.required_local_site(), d.name, key, action, from_site,
+            to_site, epoch,
+            (SELECT rolname FROM pg_roles WHERE oid = invoker));
+END
+$$;
+
+-- The registered table (or registered ancestor) that covers rel, or NULL.
+CREATE FUNCTION @extschema@.registered_root(rel regclass) RETURNS regclass
+    LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT r.tbl
+      FROM @extschema@.registered_table r
+     WHERE r.tbl OPERATOR(pg_catalog.=) rel
+        OR r.tbl OPERATOR(pg_catalog.=) ANY
+           (SELECT pg_catalog.pg_partition_ancestors(rel))
+$$;
+
+-- rel and, if it is partitioned, all of its partitions, leaves last.
+CREATE FUNCTION @extschema@.table_and_partitions(rel regclass)
+    RETURNS SETOF regclass
+    LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT rel
+    UNION ALL
+    (SELECT relid FROM pg_catalog.pg_partition_tree(rel)
+      WHERE relid OPERATOR(pg_catalog.<>) rel ORDER BY level)
+$$;
+
+/*
+ * Install sor's triggers on rel (a table being registered, or a partition of
+ * a registered table) where they are missing, and enable them ALWAYS.  A
+ * partition gets the row trigger as a clone of its parent's and needs a
+ * TRUNCATE trigger of its own.  Each step leaves the triggers in a state
+ * that check_protection() accepts, since the event triggers check after
+ * every step.
+ */
+CREATE FUNCTION @extschema@.install_triggers(rel regclass) RETURNS void
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_trigger
+                    WHERE tgrelid = rel AND tgname = 'zzz_sor_enforce') THEN
+        EXECUTE format('CREATE TRIGGER zzz_sor_enforce'
+                       ' BEFORE INSERT OR UPDATE OR DELETE ON %s'
+                       ' FOR EACH ROW EXECUTE FUNCTION @extschema@.enforce()', rel);
+    END IF;
+    IF EXISTS (SELECT FROM pg_trigger
+                WHERE tgrelid = rel AND tgname = 'zzz_sor_enforce'
+                  AND tgenabled <> 'A') THEN
+        EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER zzz_sor_enforce', rel);
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_trigger
+                    WHERE tgrelid = rel AND tgname = 'zzz_sor_truncate') THEN
+        EXECUTE format('CREATE TRIGGER zzz_sor_truncate'
+                       ' BEFORE TRUNCATE ON %s'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.enforce()', rel);
+        EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER zzz_sor_truncate', rel);
+    END IF;
+END
+$$;
+
+/*
+ * Refuse anything that would weaken the enforcement on rel, a registered
+ * table or a partition of one (root): a sor trigger that is renamed or not
+ * enabled ALWAYS (a just created one is allowed until it is enabled), a
+ * missing one (when complete), a dropped, renamed or retyped key column, a
+ * BEFORE ROW trigger that fires after sor's and so could change the key
+ * after it was checked, or a registered table attached as a partition of
+ * another.  Dropped triggers are refused by guard_drop().
+ */
+CREATE FUNCTION @extschema@.check_protection(rel regclass, root regclass,
+                                             complete boolean,
+                                             just_created boolean DEFAULT false)
+    RETURNS void
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    reg @extschema@.registered_table;
+    d @extschema@.domain;
+    keytype regtype;
+    late name;
+BEGIN
+    SELECT * INTO reg FROM @extschema@.registered_table WHERE tbl = root;
+    d := @extschema@.existing_domain(reg.domain);
+
+    IF rel <> root AND EXISTS (SELECT FROM @extschema@.registered_table
+                                WHERE tbl = rel) THEN
+        RAISE EXCEPTION 'cannot attach registered table % as a partition of registered table %',
+                        rel, root
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Unregister it with sor.unregister_table() first.';
+    END IF;
+
+    IF EXISTS (SELECT FROM pg_trigger t
+                WHERE t.tgrelid = rel
+                  AND t.tgfoid = '@extschema@.enforce()'::regprocedure
+                  AND (t.tgname NOT IN ('zzz_sor_enforce', 'zzz_sor_truncate')
+                       OR (t.tgenabled <> 'A' AND NOT just_created)))
+       OR (complete AND (SELECT count(*) FROM pg_trigger t
+                          WHERE t.tgrelid = rel
+                            AND t.tgfoid = '@extschema@.enforce()'::regprocedure) <> 2)
+    THEN
+        RAISE EXCEPTION 'cannot disable, drop or rename the sor triggers of registered table %', rel
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'Triggers "zzz_sor_enforce" and "zzz_sor_truncate" must stay enabled ALWAYS while the table is registered.',
+                  HINT = 'To stop enforcing ownership on the table, unregister it with sor.unregister_table().';
+    END IF;
+
+    SELECT a.atttypid INTO keytype
+      FROM pg_attribute a
+     WHERE a.attrelid = rel AND a.attname = reg.key_column
+       AND a.attnum > 0 AND NOT a.attisdropped;
+    IF keytype IS NULL
+       OR @extschema@.key_type_family(keytype) IS DISTINCT FROM d.key_type THEN
+        RAISE EXCEPTION 'cannot drop, rename or retype key column "%" of registered table %',
+                        reg.key_column, rel
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = format('Domain "%s" has keys of type %s.', d.name, d.key_type),
+                  HINT = 'Unregister the table with sor.unregister_table() first.';
+    END IF;
+
+    SELECT t.tgname INTO late
+      FROM pg_trigger t
+     WHERE t.tgrelid = rel
+       AND t.tgname COLLATE "C" > 'zzz_sor_enforce'
+       AND (t.tgtype & 1) <> 0          -- TRIGGER_TYPE_ROW
+       AND (t.tgtype & 2) <> 0          -- TRIGGER_TYPE_BEFORE
+       AND (t.tgtype & (4 | 16)) <> 0   -- INSERT or UPDATE
+     ORDER BY 1 LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'trigger "%" on registered table % would fire after the sor trigger', late, rel
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'BEFORE ROW triggers fire in name order; one that fires after "zzz_sor_enforce" could change a key after its owner was checked.',
+                  HINT = 'Give the trigger a name that sorts before "zzz_sor_enforce".';
+    END IF;
+END
+$$;
+
+/*
+ * Event triggers: sor's triggers cannot be disabled or dropped on a
+ * registered table except by sor.unregister_table(), new partitions of a
+ * registered table get them, and a dropped table is unregistered.  Both
+ * are enabled ALWAYS, so session_replication_role does not switch them off.
+ */
+CREATE FUNCTION @extschema@.guard_ddl() RETURNS event_trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    rel regclass;
+    root regclass;
+    part regclass;
+BEGIN
+    FOR rel IN
+        SELECT DISTINCT CASE c.object_type
+                        WHEN 'trigger' THEN (SELECT tgrelid FROM pg_trigger
+                                              WHERE oid = c.objid)
+                        ELSE c.objid END::regclass
+          FROM pg_event_trigger_ddl_commands() c
+         WHERE c.object_type IN ('table', 'table column', 'trigger')
+    LOOP
+        CONTINUE WHEN rel IS NULL;
+        root := @extschema@.registered_root(rel);
+        CONTINUE WHEN root IS NULL;
+        FOR part IN SELECT @extschema@.table_and_partitions(rel) LOOP
+            -- a new partition (created or attached) gets the triggers
+            IF part <> root AND NOT EXISTS (SELECT FROM pg_trigger
+                                             WHERE tgrelid = part
+                                               AND tgname = 'zzz_sor_truncate') THEN
+                PERFORM @extschema@.install_triggers(part);
+            END IF;
+            PERFORM @extschema@.check_protection(part, root, false,
+                                                 tg_tag = 'CREATE TRIGGER');
+        END LOOP;
+    END LOOP;
+END
+$$;
+
+CREATE FUNCTION @extschema@.guard_drop() RETURNS event_trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    obj record;
+    rel regclass;
+BEGIN
+    DELETE FROM @extschema@.registered_table r
+     USING pg_event_trigger_dropped_objects() o
+     WHERE o.classid = 'pg_class'::regclass AND o.objsubid = 0
+       AND r.tbl::oid = o.objid;
+
+    FOR obj IN
+        SELECT o.address_names FROM pg_event_trigger_dropped_objects() o
+         WHERE o.object_type = 'trigger'
+           AND o.address_names[3] IN ('zzz_sor_enforce', 'zzz_sor_truncate')
+    LOOP
+        rel := to_regclass(format('%I.%I', obj.address_names[1], obj.address_names[2]));
+        IF rel IS NOT NULL AND @extschema@.registered_root(rel) IS NOT NULL THEN
+            RAISE EXCEPTION 'cannot drop trigger "%" of registered table %',
+                            obj.address_names[3], rel
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'To stop enforcing ownership on the table, unregister it with sor.unregister_table().';
+        END IF;
+    END LOOP;
+END
+$$;
+
+CREATE EVENT TRIGGER sor_guard_ddl ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE', 'CREATE TRIGGER', 'ALTER TRIGGER')
+    EXECUTE FUNCTION @extschema@.guard_ddl();
+ALTER EVENT TRIGGER sor_guard_ddl ENABLE ALWAYS;
+
+CREATE EVENT TRIGGER sor_guard_drop ON sql_drop
+    EXECUTE FUNCTION @extschema@.guard_drop();
+ALTER EVENT TRIGGER sor_guard_drop ENABLE ALWAYS;
+
+/*
+ * The public interface.
+ *
+ * Every function that changes state is declared in C as
+ * sor_call_with_invoker, which calls the PL/pgSQL function NAME_impl with
+ * the calling role as an extra argument (see functions.c).  The _impl
+ * functions are SECURITY DEFINER; nobody may execute them directly.
+ */
+
+CREATE FUNCTION @extschema@.add_site(name text) RETURNS void
+    LANGUAGE C AS 'MODULE_PATHNAME', 'sor_call_with_invoker';
+
+CREATE FUNCTION @extschema@.add_site_impl(name text, invoker oid) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM @extschema@.required(name, 'site name');
+    IF name !~ '^[a-z0-9_]{1,63}$' THEN
+        RAISE EXCEPTION 'invalid site name "%"', name
+            USING ERRCODE = 'invalid_name',
+                  DETAIL = 'A site name is 1 to 63 lower-case letters, digits and underscores.';
+    END IF;
+    INSERT INTO @extschema@.site (name) VALUES (name) ON CONFLICT DO NOTHING;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'site "%" already exists', name
+            USING ERRCODE = 'duplicate_object';
+    END IF;
+END
+$$;
+
+CREATE FUNCTION @extschema@.set_local_site(name text, force boolean DEFAULT false)
+    RETURNS void
+    LANGUAGE C AS 'MODULE_PATHNAME', 'sor_call_with_invoker';
+
+CREATE FUNCTION @extschema@.set_local_site_impl(name text, force boolean,
+                                                invoker oid)
+    RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    current text;
+BEGIN
+    PERFORM @extschema@.existing_site(name, 'site name');
+    IF force IS NULL THEN
+        RAISE EXCEPTION 'force must not be null'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT site INTO current FROM @extschema@.local_identity FOR UPDATE;
+    IF current = name THEN
+        RETURN;
+    END IF;
+    IF current IS NOT NULL AND NOT force THEN
+        RAISE EXCEPTION 'local site is already set to "%"', current
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = format('This database would stop writing the records that site "%s" owns and start writing those of site "%s".',
+                                  current, name),
+                  HINT = 'Pass force => true to change it anyway.';
+    END IF;
+    INSERT INTO @extschema@.local_identity (site) VALUES (name)
+    ON CONFLICT (singleton) DO UPDATE SET site = excluded.site,
+                                          set_at = pg_catalog.now();
+END
+$$;
+
+CREATE FUNCTION @extschema@.register_table(tbl regclass, key_column name,
+                                           domain text DEFAULT NULL,
+                                           default_site text DEFAULT NULL)
+    RETURNS void
+    LANGUAGE C AS 'MODULE_PATHNAME', 'sor_call_with_invoker';
+
+CREATE FUNCTION @extschema@.register_table_impl(tbl regclass, key_column name,
+                                                domain text, default_site text,
+                                                invoker oid)
+    RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cls pg_class;
+    keytype regtype;
+    family regtype;
+    d @extschema@.domain;
+    part regclass;
+BEGIN
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION 'table must not be null'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    PERFORM @extschema@.required(key_column, 'key column');
+    SELECT * INTO cls FROM pg_class WHERE oid = tbl;
+    IF cls.relkind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION '"%" is not a table', tbl
+            USING ERRCODE = 'wrong_object_type',
+                  DETAIL = 'Only ordinary and partitioned tables can be registered.';
+    END IF;
+    IF cls.relpersistence = 't' THEN
+        RAISE EXCEPTION 'cannot register temporary table %', tbl
+            USING ERRCODE = 'wrong_object_type',
+                  DETAIL = 'A temporary table exists in one session only; it has no copies at other sites.';
+    END IF;
+    IF cls.relispartition THEN
+        RAISE EXCEPTION 'cannot register partition %', tbl
+            USING ERRCODE = 'wrong_object_type',
+                  HINT = 'Register the partitioned table; that covers all of its partitions.';
+    END IF;
+    IF NOT pg_has_role(invoker, cls.relowner, 'USAGE') THEN
+        RAISE EXCEPTION 'must be owner of table %', tbl
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF EXISTS (SELECT FROM @extschema@.registered_table r WHERE r.tbl = register_table_impl.tbl) THEN
+        RAISE EXCEPTION 'table % is already registered', tbl
+            USING ERRCODE = 'duplicate_object',
+                  DETAIL = format('It belongs to domain "%s".',
+                                  (SELECT r.domain FROM @extschema@.registered_table r
+                                    WHERE r.tbl = register_table_impl.tbl));
+    END IF;
+
+    SELECT a.atttypid INTO keytype
+      FROM pg_attribute a
+     WHERE a.attrelid = tbl AND a.attname = key_column
+       AND a.attnum > 0 AND NOT a.attisdropped;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'column "%" of relation % does not exist', key_column, tbl
+            USING ERRCODE = 'undefined_column';
+    END IF;
+    family := @extschema@.key_type_family(keytype);
+    IF family IS NULL THEN
+        RAISE EXCEPTION 'key column "%" has type %, which cannot be a key', key_column, keytype
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'A key needs one canonical text form: smallint, integer, bigint, text, varchar and uuid (or domains over them) have one.';
+    END IF;
+
+    IF domain IS NULL THEN
+        domain := format('%I.%I', (SELECT nspname FROM pg_namespace
+                                    WHERE oid = cls.relnamespace), cls.relname);
+    ELSIF domain = '' OR octet_length(domain) > 255 THEN
+        RAISE EXCEPTION 'invalid domain name "%"', domain
+            USING ERRCODE = 'invalid_name',
+                  DETAIL = 'A domain name is 1 to 255 bytes long.';
+    END IF;
+    IF default_site IS NOT NULL THEN
+        PERFORM @extschema@.existing_site(default_site, 'default site');
+    END IF;
+
+    SELECT * INTO d FROM @extschema@.domain dm
+     WHERE dm.name = register_table_impl.domain FOR UPDATE;
+    IF NOT FOUND THEN
+        INSERT INTO @extschema@.domain (name, key_type, default_site)
+        VALUES (domain, family, default_site);
+    ELSE
+        IF d.key_type <> family THEN
+            RAISE EXCEPTION 'key column "%" of type % does not fit domain "%"',
+                            key_column, keytype, domain
+                USING ERRCODE = 'datatype_mismatch',
+                      DETAIL = format('The keys of domain "%s" are of type %s.', domain, d.key_type);
+        END IF;
+        IF default_site IS DISTINCT FROM d.default_site AND default_site IS NOT NULL THEN
+            IF d.default_site IS NOT NULL THEN
+                RAISE EXCEPTION 'domain "%" already has default site "%"', domain, d.default_site
+                    USING ERRCODE = 'invalid_parameter_value',
+                          HINT = 'Leave default_site out to keep the domain''s default site.';
+            END IF;
+            -- records without an owner get one: nobody can have written them
+            UPDATE @extschema@.domain dm
+               SET default_site = register_table_impl.default_site
+             WHERE dm.name = register_table_impl.domain;
+        END IF;
+    END IF;
+
+    PERFORM @extschema@.install_triggers(t)
+       FROM @extschema@.table_and_partitions(tbl) t;
+
+    INSERT INTO @extschema@.registered_table (tbl, domain, key_column)
+    VALUES (tbl, domain, key_column);
+
+    PERFORM @extschema@.check_protection(t, tbl, true)
+       FROM @extschema@.table_and_partitions(tbl) t;
+END
+$$;
+
+CREATE FUNCTION @extschema@.unregister_table(tbl regclass) RETURNS void
+    LANGUAGE C AS 'MODULE_PATHNAME', 'sor_call_with_invoker';
+
+CREATE FUNCTION @extschema@.unregister_table_impl(tbl regclass, invoker oid)
+    RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    part regclass;
+BEGIN
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION 'table must not be null'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF NOT EXISTS (SELECT FROM @extschema@.registered_table r
+                    WHERE r.tbl = unregister_table_impl.tbl) THEN
+        RAISE EXCEPTION 'table % is not registered', tbl
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    IF NOT pg_has_role(invoker, (SELECT relowner FROM pg_class WHERE oid = tbl), 'USAGE') THEN
+        RAISE EXCEPTION 'must be owner of table %', tbl
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+
+    -- first the registration, so that the event triggers let the drops pass
+    DELETE FROM @extschema@.registered_table r WHERE r.tbl = unregister_table_impl.tbl;
+    FOR part IN SELECT @extschema@.table_and_partitions(tbl) LOOP
+        EXECUTE format('DROP TRIGGER IF EXISTS zzz_sor_truncate ON %s', part);
+    END LOOP;
+    EXECUTE format('DROP TRIGGER zzz_sor_enforce ON %s', tbl);
+END
+$$;
+
+CREATE FUNCTION @extschema@.claim(domain text, key text) RETURNS bigint
+    LANGUAGE C AS 'MODULE_PATHNAME', 'sor_call_with_invoker';
+
+CREATE FUNCTION @extschema@.claim_impl(domain text, key text, invoker oid)
+    RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    d @extschema@.domain := @extschema@.existing_domain(domain);
+    local text := @extschema@.required_local_site();
+    k text;
+    cur record;
+BEGIN
+    k := @extschema@.canonical_key(d.name, @extschema@.required(key, 'key'));
+    PERFORM @extschema@.lock_record_for_handoff(d.name, k);
+    cur := @extschema@.current_owner(d, k);
+    IF cur.site = local THEN
+        RAISE EXCEPTION 'key "%" of domain "%" is already owned by this site ("%")', k, d.name, local
+            USING ERRCODE = 'duplicate_object';
+    ELSIF cur.site IS NOT NULL THEN
+        RAISE EXCEPTION 'cannot claim key "%" of domain "%": it is owned by site "%"', k, d.name, cur.site
+            USING ERRCODE = 'SR001',
+                  HINT = format('Have site "%s" transfer it with sor.transfer().', cur.site);
+    END IF;
+    PERFORM @extschema@.set_owner(d, k, 'claim', NULL, local, cur.epoch + 1, invoker);
+    RETURN cur.epoch + 1;
+END
+$$;
+
+CREATE FUNCTION @extschema@.transfer(domain text, key text, to_site text)
+    RETURNS bigint
+    LANGUAGE C AS 'MODULE_PATHNAME', 'sor_call_with_invoker';
+
+CREATE FUNCTION @extschema@.transfer_impl(domain text, key text, to_site text,
+                                          invoker oid)
+    RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    d @extschema@.domain := @extschema@.existing_domain(domain);
+    local text := @extschema@.required_local_site();
+    k text;
+    cur record;
+BEGIN
+    k := @extschema@.canonical_key(d.name, @extschema@.required(key, 'key'));
+    PERFORM @extschema@.existing_site(to_site, 'target site');
+    IF to_site = local THEN
+        RAISE EXCEPTION 'cannot transfer key "%" of domain "%" to the local site "%"', k, d.name, local
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'A transfer hands a record this site owns to another site.';
+    END IF;
+    PERFORM @extschema@.lock_record_for_handoff(d.name, k);
+    cur := @extschema@.current_owner(d, k);
+    IF cur.site IS NULL THEN
+        RAISE EXCEPTION 'cannot transfer key "%" of domain "%": the record has no owner', k, d.name
+            USING ERRCODE = 'SR002',
+                  HINT = 'Claim it with sor.claim() first.';
+    ELSIF cur.site <> local THEN
+        RAISE EXCEPTION 'cannot transfer key "%" of domain "%": it is owned by site "%"', k, d.name, cur.site
+            USING ERRCODE = 'SR001',
+                  DETAIL = format('Only the owner transfers a record; this is site "%s".', local),
+                  HINT = format('Call sor.transfer() at site "%s".', cur.site);
+    END IF;
+    PERFORM @extschema@.set_owner(d, k, 'transfer', local, to_site, cur.epoch + 1, invoker);
+    RETURN cur.epoch + 1;
+END
+$$;
+
+CREATE FUNCTION @extschema@.takeover(domain text, key text) RETURNS bigint
+    LANGUAGE C AS 'MODULE_PATHNAME', 'sor_call_with_invoker';
+
+CREATE FUNCTION @extschema@.takeover_impl(domain text, key text, invoker oid)
+    RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    d @extschema@.domain := @extschema@.existing_domain(domain);
+    local text := @extschema@.required_local_site();
+    k text;
+    cur record;
+BEGIN
+    k := @extschema@.canonical_key(d.name, @extschema@.required(key, 'key'));
+    PERFORM @extschema@.lock_record_for_handoff(d.name, k);
+    cur := @extschema@.current_owner(d, k);
+    IF cur.site IS NULL THEN
+        RAISE EXCEPTION 'cannot take over key "%" of domain "%": the record has no owner', k, d.name
+            USING ERRCODE = 'SR002',
+                  HINT = 'Claim it with sor.claim().';
+    ELSIF cur.site = local THEN
+        RAISE EXCEPTION 'key "%" of domain "%" is already owned by this site ("%")', k, d.name, local
+            USING ERRCODE = 'duplicate_object';
+    END IF;
+    PERFORM @extschema@.set_owner(d, k, 'takeover', cur.site, local, cur.epoch + 1, invoker);
+    RETURN cur.epoch + 1;
+END
+$$;
+
+CREATE FUNCTION @extschema@.takeover_site(failed_site text) RETURNS bigint
+    LANGUAGE C AS 'MODULE_PATHNAME', 'sor_call_with_invoker';
+
+CREATE FUNCTION @extschema@.takeover_site_impl(failed_site text, invoker oid)
+    RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    local text := @extschema@.required_local_site();
+    d @extschema@.domain;
+    e record;
+    taken bigint := 0;
+BEGIN
+    PERFORM @extschema@.existing_site(failed_site, 'failed site');
+    IF failed_site = local THEN
+        RAISE EXCEPTION 'cannot take over the records of the local site "%"', local
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    -- domains whose default owner was the failed site
+    FOR d IN SELECT * FROM @extschema@.domain
+              WHERE default_site = failed_site ORDER BY name FOR UPDATE
+    LOOP
+        PERFORM @extschema@.lock_domain_for_handoff(d.name);
+        UPDATE @extschema@.domain
+           SET default_site = local, default_epoch = default_epoch + 1
+         WHERE name = d.name;
+        INSERT INTO @extschema@.ownership_history
+               (recorded_at_site, domain, key, action, from_site, to_site,
+                epoch, changed_by)
+        VALUES (local, d.name, NULL, 'takeover', failed_site, local,
+                d.default_epoch + 1,
+                (SELECT rolname FROM pg_roles WHERE oid = invoker));
+        taken := taken + 1;
+    END LOOP;
+
+    -- records with an entry of their own
+    FOR e IN SELECT * FROM @extschema@.owner_entry
+              WHERE site = failed_site ORDER BY domain, key FOR UPDATE
+    LOOP
+        PERFORM @extschema@.lock_record_for_handoff(e.domain, e.key);
+        d := @extschema@.existing_domain(e.domain);
+        PERFORM @extschema@.set_owner(d, e.key, 'takeover', failed_site, local,
+                                      e.epoch + 1, invoker);
+        taken := taken + 1;
+    END LOOP;
+    RETURN taken;
+END
+$$;
+
+/*
+ * Catalog triggers (see the top of this file).
+ */
+
+CREATE TRIGGER catalog_changed BEFORE INSERT OR UPDATE OR DELETE
+    ON @extschema@.site FOR EACH ROW
+    EXECUTE FUNCTION @extschema@.catalog_changed();
+CREATE TRIGGER catalog_changed BEFORE INSERT OR UPDATE OR DELETE
+    ON @extschema@.local_identity FOR EACH ROW
+    EXECUTE FUNCTION @extschema@.catalog_changed();
+CREATE TRIGGER catalog_changed BEFORE INSERT OR UPDATE OR DELETE
+    ON @extschema@.domain FOR EACH ROW
+    EXECUTE FUNCTION @extschema@.catalog_changed('domain');
+CREATE TRIGGER catalog_changed BEFORE INSERT OR UPDATE OR DELETE
+    ON @extschema@.registered_table FOR EACH ROW
+    EXECUTE FUNCTION @extschema@.catalog_changed();
+CREATE TRIGGER catalog_changed BEFORE INSERT OR UPDATE OR DELETE
+    ON @extschema@.owner_entry FOR EACH ROW
+    EXECUTE FUNCTION @extschema@.catalog_changed('owner_entry');
+CREATE TRIGGER catalog_truncated BEFORE TRUNCATE ON @extschema@.site
+    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.catalog_changed();
+CREATE TRIGGER catalog_truncated BEFORE TRUNCATE ON @extschema@.local_identity
+    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.catalog_changed();
+CREATE TRIGGER catalog_truncated BEFORE TRUNCATE ON @extschema@.domain
+    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.catalog_changed();
+CREATE TRIGGER catalog_truncated BEFORE TRUNCATE ON @extschema@.registered_table
+    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.catalog_changed();
+CREATE TRIGGER catalog_truncated BEFORE TRUNCATE ON @extschema@.owner_entry
+    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.catalog_changed();
+ALTER TABLE @extschema@.site ENABLE ALWAYS TRIGGER catalog_changed;
+ALTER TABLE @extschema@.site ENABLE ALWAYS TRIGGER catalog_truncated;
+ALTER TABLE @extschema@.local_identity ENABLE ALWAYS TRIGGER catalog_changed;
+ALTER TABLE @extschema@.local_identity ENABLE ALWAYS TRIGGER catalog_truncated;
+ALTER TABLE @extschema@.domain ENABLE ALWAYS TRIGGER catalog_changed;
+ALTER TABLE @extschema@.domain ENABLE ALWAYS TRIGGER catalog_truncated;
+ALTER TABLE @extschema@.registered_table ENABLE ALWAYS TRIGGER catalog_changed;
+ALTER TABLE @extschema@.registered_table ENABLE ALWAYS TRIGGER catalog_truncated;
+ALTER TABLE @extschema@.owner_entry ENABLE ALWAYS TRIGGER catalog_changed;
+ALTER TABLE @extschema@.owner_entry ENABLE ALWAYS TRIGGER catalog_truncated;
+
+CREATE FUNCTION @extschema@.history_is_append_only() RETURNS trigger
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RAISE EXCEPTION 'sor.ownership_history is append-only'
+        USING ERRCODE = 'object_not_in_prerequisite_state';
+END
+$$;
+
+CREATE TRIGGER append_only BEFORE UPDATE OR DELETE
+    ON @extschema@.ownership_history FOR EACH ROW
+    EXECUTE FUNCTION @extschema@.history_is_append_only();
+CREATE TRIGGER append_only_truncate BEFORE TRUNCATE
+    ON @extschema@.ownership_history FOR EACH STATEMENT
+    EXECUTE FUNCTION @extschema@.history_is_append_only();
+
+/*
+ * Privileges
+ *
+ * Everyone may read the catalog and ask who owns what.  Changing sites,
+ * tables or ownership needs EXECUTE on the function, granted by an
+ * administrator (see the README); the implementations and the lock
+ * functions are for sor's own use.
+ */
+
+GRANT USAGE ON SCHEMA @extschema@ TO PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA @extschema@ FROM PUBLIC;
+GRANT SELECT ON ALL TABLES IN SCHEMA @extschema@ TO PUBLIC;
+
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA @extschema@ FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION
+    @extschema@.local_site(),
+    @extschema@.owner_of(text, text),
+    @extschema@.canonical_key(text, text),
+    @extschema@.key_type_family(regtype)
+    TO PUBLIC;

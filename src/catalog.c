@@ -1,0 +1,569 @@
+/*-------------------------------------------------------------------------
+ *
+ * catalog.c
+ *	  Backend-local caches of the sor catalog.
+ *
+ * The enforcement trigger runs on every write to a registered table, so it
+ * must not run SQL.  It reads the catalog through the caches here: the local
+ * site, domains by name, registered tables (and their partitions) by OID,
+ * and ownership by (domain, key).  Entries are loaded on first use with
+ * index scans under the latest snapshot, so a lookup always sees the latest
+ * committed catalog plus the current transaction's own changes.
+ *
+ * Plain DML on a table sends no invalidation, so every sor catalog table has
+ * a row trigger (enforce.c) that sends a relcache invalidation for itself;
+ * a relcache callback marks the caches stale, and the next call of
+ * sor_cache_revalidate() drops them.  The triggers are enabled ALWAYS, so
+ * changes that arrive by replication invalidate too.  Caches are dropped
+ * only in sor_cache_revalidate(), never in the middle of a lookup, so a
+ * pointer returned by a lookup stays valid until the caller revalidates.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "catalog/namespace.h"
+#include "catalog/partition.h"
+#include "catalog/pg_type.h"
+#include "common/hashfn.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+
+#include "sor.h"
+
+/* Column numbers of the catalog tables, as created by the install script. */
+#define Anum_local_identity_site		2
+#define Anum_domain_name				1
+#define Anum_domain_key_type			2
+#define Anum_domain_default_site		3
+#define Anum_domain_default_epoch		4
+#define Anum_registered_table_tbl		1
+#define Anum_registered_table_domain	2
+#define Anum_registered_table_key		3
+#define Anum_owner_entry_domain			1
+#define Anum_owner_entry_key			2
+#define Anum_owner_entry_site			3
+#define Anum_owner_entry_epoch			4
+
+/* Upper bound of cached ownership entries; past it the cache starts over. */
+#define SOR_OWNER_CACHE_MAX			100000
+
+/* OIDs of the catalog tables the caches read; valid while catalog_known. */
+typedef struct SorCatalog
+{
+	Oid			local_identity;
+	Oid			domain;
+	Oid			domain_pkey;
+	Oid			registered_table;
+	Oid			registered_table_pkey;
+	Oid			owner_entry;
+	Oid			owner_entry_pkey;
+	Oid			site;
+} SorCatalog;
+
+typedef struct OwnerCacheEntry
+{
+	uint64		hash;			/* hash key: hash of "domain\0key" */
+	char	   *domain_key;		/* "domain\0key", to tell collisions apart */
+	Size		len;
+	SorOwnership ownership;
+} OwnerCacheEntry;
+
+static bool catalog_known = false;
+static SorCatalog catalog;
+
+static MemoryContext cache_context = NULL;
+static MemoryContext owner_context = NULL;	/* child: owner_cache, its keys */
+static HTAB *domain_cache = NULL;
+static HTAB *table_cache = NULL;
+static HTAB *owner_cache = NULL;
+
+static bool local_site_known = false;
+static bool local_site_set = false;
+static char local_site_name[NAMEDATALEN];
+
+static bool cache_stale = false;
+static uint64 cache_generation = 0;
+
+static void
+relcache_callback(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || sor_is_catalog_relation(relid))
+		cache_stale = true;
+}
+
+/* Called once per backend from _PG_init. */
+void
+sor_cache_init(void)
+{
+	CacheRegisterRelcacheCallback(relcache_callback, (Datum) 0);
+}
+
+bool
+sor_is_catalog_relation(Oid relid)
+{
+	return catalog_known &&
+		(relid == catalog.local_identity ||
+		 relid == catalog.domain ||
+		 relid == catalog.registered_table ||
+		 relid == catalog.owner_entry ||
+		 relid == catalog.site);
+}
+
+/*
+ * Drop every cache if an invalidation arrived since the last call.  Callers
+ * must look up again whatever they hold from before.
+ */
+void
+sor_cache_revalidate(void)
+{
+	if (!cache_stale)
+		return;
+	cache_stale = false;
+	cache_generation++;
+	catalog_known = false;
+	local_site_known = false;
+	domain_cache = NULL;
+	table_cache = NULL;
+	owner_cache = NULL;
+	if (cache_context)
+		MemoryContextReset(cache_context);
+}
+
+uint64
+sor_cache_generation(void)
+{
+	return cache_generation;
+}
+
+static Oid
+catalog_relid(Oid nspid, const char *relname)
+{
+	Oid			relid = get_relname_relid(relname, nspid);
+
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("sor catalog table \"sor.%s\" is missing", relname),
+				 errhint("Reinstall the extension with DROP EXTENSION sor; CREATE EXTENSION sor.")));
+	return relid;
+}
+
+static Oid
+primary_key_of(Oid relid)
+{
+	Relation	rel = table_open(relid, AccessShareLock);
+	Oid			indexid = RelationGetPrimaryKeyIndex(rel);
+
+	table_close(rel, AccessShareLock);
+	return indexid;
+}
+
+static void
+create_owner_cache(void)
+{
+	HASHCTL		ctl;
+
+	ctl.keysize = sizeof(uint64);
+	ctl.entrysize = sizeof(OwnerCacheEntry);
+	ctl.hcxt = owner_context;
+	owner_cache = hash_create("sor ownership", 1024, &ctl,
+							  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+}
+
+static void
+load_catalog(void)
+{
+	Oid			nspid;
+	HASHCTL		ctl;
+
+	if (catalog_known)
+		return;
+
+	nspid = get_namespace_oid("sor", true);
+	if (!OidIsValid(nspid))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension \"sor\" is not installed in this database")));
+
+	catalog.local_identity = catalog_relid(nspid, "local_identity");
+	catalog.domain = catalog_relid(nspid, "domain");
+	catalog.registered_table = catalog_relid(nspid, "registered_table");
+	catalog.owner_entry = catalog_relid(nspid, "owner_entry");
+	catalog.site = catalog_relid(nspid, "site");
+	catalog.domain_pkey = primary_key_of(catalog.domain);
+	catalog.registered_table_pkey = primary_key_of(catalog.registered_table);
+	catalog.owner_entry_pkey = primary_key_of(catalog.owner_entry);
+
+	if (cache_context == NULL)
+		cache_context = AllocSetContextCreate(CacheMemoryContext,
+											  "sor catalog cache",
+											  ALLOCSET_DEFAULT_SIZES);
+
+	ctl.keysize = sizeof(((SorDomain *) NULL)->name);
+	ctl.entrysize = sizeof(SorDomain);
+	ctl.hcxt = cache_context;
+	domain_cache = hash_create("sor domains", 16, &ctl,
+							   HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+
+	ctl.keysize = sizeof(Oid);
+	ctl.entrysize = sizeof(SorTable);
+	table_cache = hash_create("sor tables", 16, &ctl,
+							  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+
+	owner_context = AllocSetContextCreate(cache_context, "sor ownership cache",
+										  ALLOCSET_DEFAULT_SIZES);
+	create_owner_cache();
+
+	catalog_known = true;
+}
+
+/*
+ * Find the one row of a catalog table that matches the scan keys, under the
+ * latest snapshot.  Returns a copy, or NULL.  The tuple descriptor is
+ * returned through *tupdesc and stays valid while the relation is open, so
+ * the relation is returned open too; close it with table_close.
+ */
+static HeapTuple
+fetch_catalog_row(Oid relid, Oid indexid, int nkeys, ScanKey keys,
+				  Relation *relp)
+{
+	Relation	rel;
+	Snapshot	snapshot;
+	SysScanDesc scan;
+	HeapTuple	tuple;
+
+	rel = table_open(relid, AccessShareLock);
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	scan = systable_beginscan(rel, indexid, OidIsValid(indexid), snapshot,
+							  nkeys, keys);
+	tuple = systable_getnext(scan);
+	if (HeapTupleIsValid(tuple))
+		tuple = heap_copytuple(tuple);
+	systable_endscan(scan);
+	UnregisterSnapshot(snapshot);
+
+	*relp = rel;
+	return tuple;
+}
+
+/* The local site's name, or NULL while it is not set. */
+const char *
+sor_local_site(void)
+{
+	if (!local_site_known)
+	{
+		Relation	rel;
+		HeapTuple	tuple;
+
+		load_catalog();
+		tuple = fetch_catalog_row(catalog.local_identity, InvalidOid, 0, NULL,
+								  &rel);
+		local_site_set = false;
+		if (HeapTupleIsValid(tuple))
+		{
+			bool		isnull;
+			Datum		site = heap_getattr(tuple, Anum_local_identity_site,
+											RelationGetDescr(rel), &isnull);
+
+			if (!isnull)
+			{
+				text_to_cstring_buffer(DatumGetTextPP(site), local_site_name,
+									   NAMEDATALEN);
+				local_site_set = true;
+			}
+		}
+		table_close(rel, AccessShareLock);
+		local_site_known = true;
+	}
+	return local_site_set ? local_site_name : NULL;
+}
+
+/*
+ * The base type whose canonical text names a key: one type per family, so
+ * that int4 and int8 key columns can share a domain.  InvalidOid when the
+ * type cannot be a key (its text form is not canonical, e.g. numeric's
+ * "1.0" and "1.00", or it has none that is stable).
+ */
+Oid
+sor_key_family_type(Oid typid)
+{
+	switch (getBaseType(typid))
+	{
+		case INT2OID:
+		case INT4OID:
+		case INT8OID:
+			return INT8OID;
+		case TEXTOID:
+		case VARCHAROID:
+			return TEXTOID;
+		case UUIDOID:
+			return UUIDOID;
+		default:
+			return InvalidOid;
+	}
+}
+
+static SorDomain *
+lookup_domain(const char *name, bool missing_ok)
+{
+	SorDomain  *domain;
+	char		hashkey[sizeof(((SorDomain *) NULL)->name)];
+	bool		found;
+	ScanKeyData key;
+	Relation	rel;
+	HeapTuple	tuple;
+	TupleDesc	tupdesc;
+	Datum		datum;
+	bool		isnull;
+	bool		isvarlena;
+	Oid			func;
+
+	load_catalog();
+
+	if (strlen(name) >= sizeof(hashkey))
+	{
+		if (missing_ok)
+			return NULL;
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("domain \"%s\" does not exist", name)));
+	}
+	memset(hashkey, 0, sizeof(hashkey));
+	strlcpy(hashkey, name, sizeof(hashkey));
+
+	domain = hash_search(domain_cache, hashkey, HASH_FIND, NULL);
+	if (domain)
+		return domain;
+
+	ScanKeyInit(&key, Anum_domain_name, BTEqualStrategyNumber, F_TEXTEQ,
+				CStringGetTextDatum(name));
+	tuple = fetch_catalog_row(catalog.domain, catalog.domain_pkey, 1, &key,
+							  &rel);
+	if (!HeapTupleIsValid(tuple))
+	{
+		table_close(rel, AccessShareLock);
+		if (missing_ok)
+			return NULL;
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("domain \"%s\" does not exist", name),
+				 errhint("A domain is created by the first sor.register_table() that names it.")));
+	}
+
+	domain = hash_search(domain_cache, hashkey, HASH_ENTER, &found);
+	tupdesc = RelationGetDescr(rel);
+
+	datum = heap_getattr(tuple, Anum_domain_key_type, tupdesc, &isnull);
+	domain->key_type = DatumGetObjectId(datum);
+	getTypeInputInfo(domain->key_type, &func, &domain->key_ioparam);
+	fmgr_info_cxt(func, &domain->key_input, cache_context);
+	getTypeOutputInfo(domain->key_type, &func, &isvarlena);
+	fmgr_info_cxt(func, &domain->key_output, cache_context);
+
+	datum = heap_getattr(tuple, Anum_domain_default_site, tupdesc, &isnull);
+	domain->has_default = !isnull;
+	if (!isnull)
+		text_to_cstring_buffer(DatumGetTextPP(datum), domain->default_site,
+							   NAMEDATALEN);
+	datum = heap_getattr(tuple, Anum_domain_default_epoch, tupdesc, &isnull);
+	domain->default_epoch = isnull ? 0 : DatumGetInt64(datum);
+
+	domain->lock_lxid = InvalidLocalTransactionId;
+	domain->record_locks = 0;
+	domain->escalated = false;
+
+	table_close(rel, AccessShareLock);
+	return domain;
+}
+
+SorDomain *
+sor_lookup_domain(const char *name, bool missing_ok)
+{
+	return lookup_domain(name, missing_ok);
+}
+
+/* The registration row of relid itself, or NULL. */
+static HeapTuple
+fetch_registration(Oid relid, Relation *relp)
+{
+	ScanKeyData key;
+
+	ScanKeyInit(&key, Anum_registered_table_tbl, BTEqualStrategyNumber,
+				F_OIDEQ, ObjectIdGetDatum(relid));
+	return fetch_catalog_row(catalog.registered_table,
+							 catalog.registered_table_pkey, 1, &key, relp);
+}
+
+/*
+ * The cached facts about relid, which is a registered table or a partition
+ * of one; NULL if it is neither.
+ */
+SorTable *
+sor_lookup_table(Oid relid)
+{
+	SorTable   *table;
+	Relation	rel;
+	HeapTuple	tuple;
+	char	   *domain_name;
+	char	   *key_column;
+	AttrNumber	attnum;
+	Oid			atttype;
+	Oid			func;
+	bool		isvarlena;
+	bool		isnull;
+
+	load_catalog();
+
+	table = hash_search(table_cache, &relid, HASH_FIND, NULL);
+	if (table)
+		return table;
+
+	tuple = fetch_registration(relid, &rel);
+	if (!HeapTupleIsValid(tuple) && get_rel_relispartition(relid))
+	{
+		List	   *ancestors = get_partition_ancestors(relid);
+		ListCell   *lc;
+
+		foreach(lc, ancestors)
+		{
+			table_close(rel, AccessShareLock);
+			tuple = fetch_registration(lfirst_oid(lc), &rel);
+			if (HeapTupleIsValid(tuple))
+				break;
+		}
+		list_free(ancestors);
+	}
+	if (!HeapTupleIsValid(tuple))
+	{
+		table_close(rel, AccessShareLock);
+		return NULL;
+	}
+
+	domain_name = TextDatumGetCString(heap_getattr(tuple,
+												   Anum_registered_table_domain,
+												   RelationGetDescr(rel),
+												   &isnull));
+	key_column = pstrdup(NameStr(*DatumGetName(heap_getattr(tuple,
+															Anum_registered_table_key,
+															RelationGetDescr(rel),
+															&isnull))));
+	table_close(rel, AccessShareLock);
+
+	attnum = get_attnum(relid, key_column);
+	if (attnum == InvalidAttrNumber)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("key column \"%s\" of registered table \"%s\" does not exist",
+						key_column, get_rel_name(relid))));
+	atttype = get_atttype(relid, attnum);
+
+	table = hash_search(table_cache, &relid, HASH_ENTER, NULL);
+	table->domain = lookup_domain(domain_name, false);
+	table->key_attnum = attnum;
+	getTypeOutputInfo(atttype, &func, &isvarlena);
+	fmgr_info_cxt(func, &table->key_output, cache_context);
+
+	return table;
+}
+
+/*
+ * Who owns (domain, key): its ownership entry, else the domain's default
+ * owner, else nobody.  key must be in canonical form.
+ */
+void
+sor_lookup_owner(SorDomain *domain, const char *key, SorOwnership *result)
+{
+	size_t		dlen = strlen(domain->name);
+	size_t		klen = strlen(key);
+	Size		len = dlen + 1 + klen;
+	char	   *domain_key;
+	uint64		hash;
+	OwnerCacheEntry *entry;
+	bool		found;
+	ScanKeyData keys[2];
+	Relation	rel;
+	HeapTuple	tuple;
+
+	load_catalog();
+
+	domain_key = palloc(len + 1);
+	memcpy(domain_key, domain->name, dlen + 1);
+	memcpy(domain_key + dlen + 1, key, klen + 1);
+	hash = hash_bytes_extended((const unsigned char *) domain_key, len, 0);
+
+	entry = hash_search(owner_cache, &hash, HASH_FIND, NULL);
+	if (entry && entry->len == len && memcmp(entry->domain_key, domain_key, len) == 0)
+	{
+		*result = entry->ownership;
+		pfree(domain_key);
+		return;
+	}
+
+	memset(result, 0, sizeof(SorOwnership));
+	ScanKeyInit(&keys[0], Anum_owner_entry_domain, BTEqualStrategyNumber,
+				F_TEXTEQ, CStringGetTextDatum(domain->name));
+	ScanKeyInit(&keys[1], Anum_owner_entry_key, BTEqualStrategyNumber,
+				F_TEXTEQ, CStringGetTextDatum(key));
+	tuple = fetch_catalog_row(catalog.owner_entry, catalog.owner_entry_pkey,
+							  2, keys, &rel);
+	if (HeapTupleIsValid(tuple))
+	{
+		bool		isnull;
+
+		result->owned = true;
+		text_to_cstring_buffer(DatumGetTextPP(heap_getattr(tuple, Anum_owner_entry_site,
+														   RelationGetDescr(rel),
+														   &isnull)),
+							   result->site, NAMEDATALEN);
+		result->epoch = DatumGetInt64(heap_getattr(tuple, Anum_owner_entry_epoch,
+												   RelationGetDescr(rel), &isnull));
+	}
+	else if (domain->has_default)
+	{
+		result->owned = true;
+		result->by_default = true;
+		strlcpy(result->site, domain->default_site, NAMEDATALEN);
+		result->epoch = domain->default_epoch;
+	}
+	table_close(rel, AccessShareLock);
+
+	/* Keep the cache bounded: start over when it is full. */
+	if (hash_get_num_entries(owner_cache) >= SOR_OWNER_CACHE_MAX)
+	{
+		MemoryContextReset(owner_context);
+		create_owner_cache();
+	}
+
+	entry = hash_search(owner_cache, &hash, HASH_ENTER, &found);
+	if (found)
+		pfree(entry->domain_key);
+	entry->domain_key = MemoryContextAlloc(owner_context, len);
+	memcpy(entry->domain_key, domain_key, len);
+	entry->len = len;
+	entry->ownership = *result;
+	pfree(domain_key);
+}
+
+/*
+ * The canonical text form of key in domain: read with the domain's key type
+ * and written back out, so that '007' and '7' name the same integer key.
+ * Bad input raises the type's own error.
+ */
+char *
+sor_canonical_key(SorDomain *domain, const char *key)
+{
+	Datum		value = InputFunctionCall(&domain->key_input, (char *) key,
+										  domain->key_ioparam, -1);
+
+	return OutputFunctionCall(&domain->key_output, value);
+}

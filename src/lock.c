@@ -1,0 +1,173 @@
+/*-------------------------------------------------------------------------
+ *
+ * lock.c
+ *	  Record and domain locks that keep writes and hand-offs apart.
+ *
+ * A write to a record and a change of the record's owner must never
+ * interleave (guarantee G5).  Writers hold a share lock on the record until
+ * their transaction ends; every change of an ownership entry takes the
+ * record's exclusive lock (in the catalog trigger, so also when the change
+ * arrives by replication).  A writer checks ownership only after it holds
+ * its lock, against the latest committed catalog, so a transfer that
+ * committed first is always seen, and a transfer that comes later waits.
+ *
+ * Locks are advisory locks in lock classes of sor's own (SOR_LOCK_*), keyed
+ * by a 64-bit hash.  A hash collision makes two records share a lock, which
+ * may make one wait for the other but never lets anything through.
+ *
+ * A transaction that writes many records of one domain (COPY, bulk INSERT)
+ * would fill the shared lock table with record locks, so after
+ * SOR_LOCK_ESCALATION_THRESHOLD records it takes one share lock on the whole
+ * domain instead.  Lock modes on a domain:
+ *
+ *	AccessShareLock		every writer (conflicts only with a default change)
+ *	ShareLock			a writer that escalated
+ *	RowExclusiveLock	a hand-off of one record
+ *	AccessExclusiveLock	a change of the domain's default owner, or a
+ *						transaction that hands off many of its records
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "common/hashfn.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "storage/lock.h"
+#include "storage/proc.h"
+#include "utils/inval.h"
+
+#include "sor.h"
+
+#if PG_VERSION_NUM >= 170000
+#define MyLocalTransactionId (MyProc->vxid.lxid)
+#else
+#define MyLocalTransactionId (MyProc->lxid)
+#endif
+
+static void
+set_domain_tag(LOCKTAG *tag, const char *domain)
+{
+	uint64		h = hash_bytes_extended((const unsigned char *) domain,
+										strlen(domain), 0);
+
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h,
+						 SOR_LOCK_DOMAIN);
+}
+
+static void
+set_record_tag(LOCKTAG *tag, const char *domain, const char *key)
+{
+	size_t		dlen = strlen(domain);
+	size_t		klen = strlen(key);
+	uint64		h;
+
+	/* hash "domain\0key" so that ("ab", "c") and ("a", "bc") differ */
+	h = hash_bytes_extended((const unsigned char *) domain, dlen + 1, 0);
+	h = hash_bytes_extended((const unsigned char *) key, klen, h);
+
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h,
+						 SOR_LOCK_RECORD);
+}
+
+/*
+ * Lock a record for writing until the end of the transaction.
+ *
+ * When a lock is newly granted the caller may have waited for a hand-off to
+ * commit, so the invalidations it sent are taken in here; the caller must
+ * then look its cache entries up again (sor_cache_generation() tells).
+ */
+void
+sor_lock_record_for_write(SorDomain *domain, const char *key)
+{
+	LOCKTAG		tag;
+	bool		newly_locked = false;
+
+	if (domain->lock_lxid != MyLocalTransactionId)
+	{
+		domain->lock_lxid = MyLocalTransactionId;
+		domain->record_locks = 0;
+		domain->escalated = false;
+	}
+
+	set_domain_tag(&tag, domain->name);
+	if (domain->escalated)
+	{
+		/*
+		 * Asked every time: a rolled back subtransaction may have released
+		 * it, and then it is simply taken again.
+		 */
+		if (LockAcquire(&tag, ShareLock, false, false) != LOCKACQUIRE_ALREADY_HELD)
+			newly_locked = true;
+	}
+	else
+	{
+		if (LockAcquire(&tag, AccessShareLock, false, false) != LOCKACQUIRE_ALREADY_HELD)
+			newly_locked = true;
+
+		set_record_tag(&tag, domain->name, key);
+		if (LockAcquire(&tag, ShareLock, false, false) != LOCKACQUIRE_ALREADY_HELD)
+		{
+			newly_locked = true;
+			if (++domain->record_locks > SOR_LOCK_ESCALATION_THRESHOLD)
+			{
+				set_domain_tag(&tag, domain->name);
+				(void) LockAcquire(&tag, ShareLock, false, false);
+				domain->escalated = true;
+			}
+		}
+	}
+
+	if (newly_locked)
+		AcceptInvalidationMessages();
+}
+
+/*
+ * Lock a record for a change of its owner until the end of the transaction:
+ * waits for every open transaction that has written the record.
+ *
+ * A transaction that hands off many records (sor.takeover_site(), or its
+ * replicated copy) switches to locking their whole domains after
+ * SOR_LOCK_ESCALATION_THRESHOLD records, like writers do.
+ */
+void
+sor_lock_record_for_handoff(const char *domain, const char *key)
+{
+	static LocalTransactionId handoff_lxid = InvalidLocalTransactionId;
+	static int	handoff_locks = 0;
+	LOCKTAG		tag;
+
+	if (handoff_lxid != MyLocalTransactionId)
+	{
+		handoff_lxid = MyLocalTransactionId;
+		handoff_locks = 0;
+	}
+
+	set_domain_tag(&tag, domain);
+	if (handoff_locks >= SOR_LOCK_ESCALATION_THRESHOLD)
+	{
+		(void) LockAcquire(&tag, AccessExclusiveLock, false, false);
+	}
+	else
+	{
+		(void) LockAcquire(&tag, RowExclusiveLock, false, false);
+		set_record_tag(&tag, domain, key);
+		if (LockAcquire(&tag, ExclusiveLock, false, false) != LOCKACQUIRE_ALREADY_HELD)
+			handoff_locks++;
+	}
+	AcceptInvalidationMessages();
+}
+
+/*
+ * Lock a whole domain for a change of its default owner: waits for every
+ * open transaction that has written any record of the domain.
+ */
+void
+sor_lock_domain_for_handoff(const char *domain)
+{
+	LOCKTAG		tag;
+
+	set_domain_tag(&tag, domain);
+	(void) LockAcquire(&tag, AccessExclusiveLock, false, false);
+	AcceptInvalidationMessages();
+}
