@@ -311,7 +311,7 @@ BEGIN
 
     IF rel <> root AND EXISTS (SELECT FROM @extschema@.registered_table
                                 WHERE tbl = rel) THEN
-        RAISE EXCEPTION 'cannot attach registered table % as a partition of registered table %',
+        RAISE EXCEPTION 'cannot attach registered table "%" as a partition of registered table "%"',
                         rel, root
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'Unregister it with sor.unregister_table() first.';
@@ -326,7 +326,7 @@ BEGIN
                           WHERE t.tgrelid = rel
                             AND t.tgfoid = '@extschema@.enforce()'::regprocedure) <> 2)
     THEN
-        RAISE EXCEPTION 'cannot disable, drop or rename the sor triggers of registered table %', rel
+        RAISE EXCEPTION 'cannot disable, drop or rename the sor triggers of registered table "%"', rel
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   DETAIL = 'Triggers "zzz_sor_enforce" and "zzz_sor_truncate" must stay enabled ALWAYS while the table is registered.',
                   HINT = 'To stop enforcing ownership on the table, unregister it with sor.unregister_table().';
@@ -338,7 +338,7 @@ BEGIN
        AND a.attnum > 0 AND NOT a.attisdropped;
     IF keytype IS NULL
        OR @extschema@.key_type_family(keytype) IS DISTINCT FROM d.key_type THEN
-        RAISE EXCEPTION 'cannot drop, rename or retype key column "%" of registered table %',
+        RAISE EXCEPTION 'cannot drop, rename or retype key column "%" of registered table "%"',
                         reg.key_column, rel
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   DETAIL = format('Domain "%s" has keys of type %s.', d.name, d.key_type),
@@ -354,7 +354,7 @@ BEGIN
        AND (t.tgtype & (4 | 16)) <> 0   -- INSERT or UPDATE
      ORDER BY 1 LIMIT 1;
     IF FOUND THEN
-        RAISE EXCEPTION 'trigger "%" on registered table % would fire after the sor trigger', late, rel
+        RAISE EXCEPTION 'trigger "%" on registered table "%" would fire after the sor trigger', late, rel
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   DETAIL = 'BEFORE ROW triggers fire in name order; one that fires after "zzz_sor_enforce" could change a key after its owner was checked.',
                   HINT = 'Give the trigger a name that sorts before "zzz_sor_enforce".';
@@ -398,6 +398,17 @@ BEGIN
                                                  tg_tag = 'CREATE TRIGGER');
         END LOOP;
     END LOOP;
+
+    -- a detached partition is an ordinary table again
+    IF tg_tag = 'ALTER TABLE' THEN
+        FOR rel IN SELECT t.tgrelid FROM pg_trigger t
+                    WHERE t.tgname = 'zzz_sor_truncate'
+                      AND t.tgfoid = '@extschema@.enforce()'::regprocedure
+                      AND @extschema@.registered_root(t.tgrelid) IS NULL
+        LOOP
+            EXECUTE format('DROP TRIGGER zzz_sor_truncate ON %s', rel);
+        END LOOP;
+    END IF;
 END
 $$;
 
@@ -420,7 +431,7 @@ BEGIN
     LOOP
         rel := to_regclass(format('%I.%I', obj.address_names[1], obj.address_names[2]));
         IF rel IS NOT NULL AND @extschema@.registered_root(rel) IS NOT NULL THEN
-            RAISE EXCEPTION 'cannot drop trigger "%" of registered table %',
+            RAISE EXCEPTION 'cannot drop trigger "%" of registered table "%"',
                             obj.address_names[3], rel
                 USING ERRCODE = 'object_not_in_prerequisite_state',
                       HINT = 'To stop enforcing ownership on the table, unregister it with sor.unregister_table().';
@@ -528,26 +539,26 @@ BEGIN
     PERFORM @extschema@.required(key_column, 'key column');
     SELECT * INTO cls FROM pg_class WHERE oid = tbl;
     IF cls.relkind NOT IN ('r', 'p') THEN
-        RAISE EXCEPTION '"%" is not a table', tbl
+        RAISE EXCEPTION 'cannot register "%": it is not a table', tbl
             USING ERRCODE = 'wrong_object_type',
                   DETAIL = 'Only ordinary and partitioned tables can be registered.';
     END IF;
     IF cls.relpersistence = 't' THEN
-        RAISE EXCEPTION 'cannot register temporary table %', tbl
+        RAISE EXCEPTION 'cannot register temporary table "%"', tbl
             USING ERRCODE = 'wrong_object_type',
                   DETAIL = 'A temporary table exists in one session only; it has no copies at other sites.';
     END IF;
     IF cls.relispartition THEN
-        RAISE EXCEPTION 'cannot register partition %', tbl
+        RAISE EXCEPTION 'cannot register partition "%"', tbl
             USING ERRCODE = 'wrong_object_type',
                   HINT = 'Register the partitioned table; that covers all of its partitions.';
     END IF;
     IF NOT pg_has_role(invoker, cls.relowner, 'USAGE') THEN
-        RAISE EXCEPTION 'must be owner of table %', tbl
+        RAISE EXCEPTION 'must be owner of table "%"', tbl
             USING ERRCODE = 'insufficient_privilege';
     END IF;
     IF EXISTS (SELECT FROM @extschema@.registered_table r WHERE r.tbl = register_table_impl.tbl) THEN
-        RAISE EXCEPTION 'table % is already registered', tbl
+        RAISE EXCEPTION 'table "%" is already registered', tbl
             USING ERRCODE = 'duplicate_object',
                   DETAIL = format('It belongs to domain "%s".',
                                   (SELECT r.domain FROM @extschema@.registered_table r
@@ -559,7 +570,7 @@ BEGIN
      WHERE a.attrelid = tbl AND a.attname = key_column
        AND a.attnum > 0 AND NOT a.attisdropped;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'column "%" of relation % does not exist', key_column, tbl
+        RAISE EXCEPTION 'column "%" of relation "%" does not exist', key_column, tbl
             USING ERRCODE = 'undefined_column';
     END IF;
     family := @extschema@.key_type_family(keytype);
@@ -633,11 +644,11 @@ BEGIN
     END IF;
     IF NOT EXISTS (SELECT FROM @extschema@.registered_table r
                     WHERE r.tbl = unregister_table_impl.tbl) THEN
-        RAISE EXCEPTION 'table % is not registered', tbl
+        RAISE EXCEPTION 'table "%" is not registered', tbl
             USING ERRCODE = 'undefined_object';
     END IF;
     IF NOT pg_has_role(invoker, (SELECT relowner FROM pg_class WHERE oid = tbl), 'USAGE') THEN
-        RAISE EXCEPTION 'must be owner of table %', tbl
+        RAISE EXCEPTION 'must be owner of table "%"', tbl
             USING ERRCODE = 'insufficient_privilege';
     END IF;
 

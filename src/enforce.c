@@ -145,12 +145,18 @@ sor_enforce(PG_FUNCTION_ARGS)
 	rel = trigdata->tg_relation;
 
 	if (TRIGGER_FIRED_BY_TRUNCATE(event))
+	{
+		/* left behind on a partition that was detached: nothing to guard */
+		sor_cache_revalidate();
+		if (sor_lookup_table(RelationGetRelid(rel)) == NULL)
+			return PointerGetDatum(NULL);
 		ereport(ERROR,
 				(errcode(ERRCODE_SOR_TRUNCATE),
 				 errmsg("cannot truncate registered table \"%s\"",
 						qualified_name(rel)),
 				 errdetail("TRUNCATE would reach every site and empty their copies, records owned by other sites included."),
 				 errhint("Delete the rows this site owns with DELETE, or unregister the table with sor.unregister_table() first.")));
+	}
 
 	if (!TRIGGER_FIRED_BEFORE(event) || !TRIGGER_FIRED_FOR_ROW(event))
 		ereport(ERROR,

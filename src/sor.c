@@ -12,6 +12,7 @@
 #include "postgres.h"
 
 #include "fmgr.h"
+#include "utils/guc.h"
 
 #include "sor.h"
 
@@ -22,5 +23,8 @@ void		_PG_init(void);
 void
 _PG_init(void)
 {
+	/* The local site is a catalog row, never a setting: keep "sor." ours. */
+	MarkGUCPrefixReserved("sor");
+
 	sor_cache_init();
 }

@@ -1,0 +1,165 @@
+--
+-- The enforcement trigger: every write path, with the local site "paris".
+-- customer keys 1-4 belong to paris (the domain's default), 5 and 6 to
+-- paris again after the takeover, 7 to paris, 8 and 9 are handed to
+-- london here.
+--
+\set SHOW_CONTEXT never
+SELECT sor.transfer('customer', '8', 'london');
+SELECT sor.transfer('customer', '9', 'london');
+
+-- copies of london's records arrive by replication: a session with a
+-- replication origin and session_replication_role = replica, as apply
+-- workers have, is not stopped
+SELECT pg_replication_origin_create('sor_regress_origin') > 0 AS origin_created;
+BEGIN;
+SELECT pg_replication_origin_session_setup('sor_regress_origin');
+SET LOCAL session_replication_role = replica;
+INSERT INTO customer VALUES (8, 'copy of london 8'), (9, 'copy of london 9');
+INSERT INTO orders VALUES (80, 8, 10), (90, 9, 20);
+UPDATE customer SET name = name || ' (updated at london)' WHERE id = 9;
+SELECT pg_replication_origin_session_reset();
+COMMIT;
+
+-- writes of records this site owns go through
+INSERT INTO customer VALUES (1, 'one'), (2, 'two'), (3, 'three');
+UPDATE customer SET name = 'ONE' WHERE id = 1;
+DELETE FROM customer WHERE id = 3;
+INSERT INTO orders VALUES (10, 1, 100), (20, 2, 200);
+
+-- a write of a record another site owns is refused, with its owner
+INSERT INTO customer VALUES (8, 'mine now');
+\echo :LAST_ERROR_SQLSTATE
+UPDATE customer SET name = 'changed' WHERE id = 8;
+\echo :LAST_ERROR_SQLSTATE
+DELETE FROM customer WHERE id = 9;
+\echo :LAST_ERROR_SQLSTATE
+UPDATE orders SET amount = 0 WHERE order_id = 80;
+\echo :LAST_ERROR_SQLSTATE
+
+-- the whole statement fails: the rows before the refused one are gone too
+INSERT INTO customer VALUES (4, 'four'), (9, 'nine');
+UPDATE customer SET name = upper(name);
+DELETE FROM customer;
+SELECT * FROM customer ORDER BY id;
+
+-- an UPDATE that changes the key needs both the old and the new record
+UPDATE customer SET id = 9 WHERE id = 2;
+\echo :LAST_ERROR_SQLSTATE
+UPDATE customer SET id = 4 WHERE id = 8;
+\echo :LAST_ERROR_SQLSTATE
+-- an owned key changed to another owned key, cascading to orders
+UPDATE customer SET id = 4 WHERE id = 2;
+SELECT order_id, customer_id FROM orders WHERE order_id = 20;
+UPDATE customer SET id = 2 WHERE id = 4;
+
+-- COPY
+COPY customer FROM stdin;
+4	four
+9	nine
+\.
+COPY customer FROM stdin;
+4	four
+\.
+
+-- INSERT ... ON CONFLICT
+INSERT INTO customer VALUES (8, 'x') ON CONFLICT (id) DO NOTHING;
+INSERT INTO customer VALUES (9, 'x') ON CONFLICT (id) DO UPDATE SET name = 'taken';
+INSERT INTO customer VALUES (1, 'x') ON CONFLICT (id) DO UPDATE SET name = 'one again';
+INSERT INTO customer VALUES (1, 'x') ON CONFLICT (id) DO UPDATE SET id = 8;
+
+-- MERGE
+MERGE INTO customer c USING (VALUES (9, 'merged'), (2, 'merged')) AS s(id, name)
+   ON c.id = s.id
+ WHEN MATCHED THEN UPDATE SET name = s.name;
+MERGE INTO customer c USING (VALUES (12, 'new')) AS s(id, name)
+   ON c.id = s.id
+ WHEN NOT MATCHED THEN INSERT VALUES (s.id, s.name);
+MERGE INTO customer c USING (VALUES (8)) AS s(id)
+   ON c.id = s.id
+ WHEN MATCHED THEN DELETE;
+MERGE INTO customer c USING (VALUES (2, 'merged')) AS s(id, name)
+   ON c.id = s.id
+ WHEN MATCHED THEN UPDATE SET name = s.name;
+
+-- foreign-key cascades: deleting customer 1 deletes its orders (paris's);
+-- deleting a product deletes orders lines of london's customers: refused
+CREATE TABLE product (sku text PRIMARY KEY);
+INSERT INTO product VALUES ('pen'), ('ink');
+ALTER TABLE orders ADD COLUMN sku text REFERENCES product ON DELETE CASCADE;
+BEGIN;
+SELECT pg_replication_origin_session_setup('sor_regress_origin');
+SET LOCAL session_replication_role = replica;
+UPDATE orders SET sku = 'ink' WHERE order_id = 90;
+SELECT pg_replication_origin_session_reset();
+COMMIT;
+UPDATE orders SET sku = 'pen' WHERE order_id = 10;
+DELETE FROM product WHERE sku = 'ink';
+\echo :LAST_ERROR_SQLSTATE
+DELETE FROM customer WHERE id = 1;
+SELECT * FROM orders ORDER BY order_id;
+
+-- a key column may not be NULL in a registered table
+ALTER TABLE orders ALTER COLUMN customer_id DROP NOT NULL;
+INSERT INTO orders VALUES (30, NULL, 1);
+\echo :LAST_ERROR_SQLSTATE
+
+-- a record without an owner cannot be written until it is claimed
+INSERT INTO gadget VALUES ('b0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 'g');
+\echo :LAST_ERROR_SQLSTATE
+SELECT sor.claim('gadget', 'b0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11');
+INSERT INTO gadget VALUES ('b0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 'g');
+
+-- claiming and writing in one transaction
+BEGIN;
+SELECT sor.claim('gadget', 'c0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11');
+INSERT INTO gadget VALUES ('c0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 'h');
+COMMIT;
+
+-- from the moment a transfer commits, the old owner cannot write
+BEGIN;
+UPDATE customer SET name = 'last write at paris' WHERE id = 2;
+SELECT sor.transfer('customer', '2', 'london');
+UPDATE customer SET name = 'too late' WHERE id = 2;
+ROLLBACK;
+BEGIN;
+SELECT sor.transfer('customer', '2', 'london');
+COMMIT;
+UPDATE customer SET name = 'too late' WHERE id = 2;
+\echo :LAST_ERROR_SQLSTATE
+
+-- session_replication_role = replica without a replication origin is no
+-- way around the trigger, not even for a superuser
+SET session_replication_role = replica;
+UPDATE customer SET name = 'sneaky' WHERE id = 8;
+\echo :LAST_ERROR_SQLSTATE
+INSERT INTO customer VALUES (5, 'five');
+RESET session_replication_role;
+
+-- TRUNCATE of a registered table is refused outright
+TRUNCATE customer CASCADE;
+\echo :LAST_ERROR_SQLSTATE
+TRUNCATE orders;
+
+-- until the local site is set, every write is refused
+BEGIN;
+DELETE FROM sor.local_identity;
+INSERT INTO customer VALUES (6, 'six');
+\echo :LAST_ERROR_SQLSTATE
+ROLLBACK;
+INSERT INTO customer VALUES (6, 'six');
+
+-- TRUNCATE ... CASCADE that reaches a registered table is refused too
+TRUNCATE product CASCADE;
+\echo :LAST_ERROR_SQLSTATE
+
+-- unregistered tables are not affected
+CREATE TABLE notes (id integer, body text);
+INSERT INTO notes VALUES (8, 'note');
+UPDATE notes SET body = 'edited';
+TRUNCATE notes;
+DROP TABLE notes;
+
+SELECT * FROM customer ORDER BY id;
+SELECT * FROM orders ORDER BY order_id;
+SELECT pg_replication_origin_drop('sor_regress_origin');
