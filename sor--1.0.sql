@@ -369,7 +369,14 @@ $$;
  * are enabled ALWAYS, so session_replication_role does not switch them off.
  */
 CREATE FUNCTION @extschema@.guard_ddl() RETURNS event_trigger
-    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    LANGUAGE C SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'sor_guard_ddl';
+
+-- The checks of guard_ddl(), for a command with tag tag; adds_partition
+-- tells whether it created or attached a partition.
+CREATE FUNCTION @extschema@.check_ddl(tag text, adds_partition boolean)
+    RETURNS void
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     rel regclass;
@@ -388,22 +395,23 @@ BEGIN
         root := @extschema@.registered_root(rel);
         CONTINUE WHEN root IS NULL;
         FOR part IN SELECT @extschema@.table_and_partitions(rel) LOOP
-            -- a new partition (created or attached) gets the triggers
-            IF part <> root AND NOT EXISTS (SELECT FROM pg_trigger
-                                             WHERE tgrelid = part
-                                               AND tgname = 'zzz_sor_truncate') THEN
+            IF adds_partition AND part <> root THEN
                 PERFORM @extschema@.install_triggers(part);
             END IF;
             PERFORM @extschema@.check_protection(part, root, false,
-                                                 tg_tag = 'CREATE TRIGGER');
+                                                 tag = 'CREATE TRIGGER');
         END LOOP;
     END LOOP;
 
-    -- a detached partition is an ordinary table again
-    IF tg_tag = 'ALTER TABLE' THEN
+    -- a detached partition is an ordinary table again: it lost the cloned
+    -- row trigger, and loses its TRUNCATE trigger here
+    IF tag = 'ALTER TABLE' THEN
         FOR rel IN SELECT t.tgrelid FROM pg_trigger t
                     WHERE t.tgname = 'zzz_sor_truncate'
                       AND t.tgfoid = '@extschema@.enforce()'::regprocedure
+                      AND NOT EXISTS (SELECT FROM pg_trigger r
+                                       WHERE r.tgrelid = t.tgrelid
+                                         AND r.tgname = 'zzz_sor_enforce')
                       AND @extschema@.registered_root(t.tgrelid) IS NULL
         LOOP
             EXECUTE format('DROP TRIGGER zzz_sor_truncate ON %s', rel);
