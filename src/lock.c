@@ -20,11 +20,17 @@
  * SOR_LOCK_ESCALATION_THRESHOLD records it takes one share lock on the whole
  * domain instead.  Lock modes on a domain:
  *
- *	AccessShareLock		every writer (conflicts only with a default change)
  *	ShareLock			a writer that escalated
  *	RowExclusiveLock	a hand-off of one record
  *	AccessExclusiveLock	a change of the domain's default owner, or a
  *						transaction that hands off many of its records
+ *
+ * A writer that did not escalate holds no domain lock: one lock per record
+ * is all the write path pays.  A change of the default owner therefore does
+ * not wait for such writers; it needs not, since it only happens when the
+ * domain had no default owner (no record could be written) or when the
+ * default owner is lost (sor.takeover_site() at another site, where that
+ * owner's records could not be written either).
  *
  *-------------------------------------------------------------------------
  */
@@ -90,21 +96,18 @@ sor_lock_record_for_write(SorDomain *domain, const char *key)
 		domain->escalated = false;
 	}
 
-	set_domain_tag(&tag, domain->name);
 	if (domain->escalated)
 	{
 		/*
 		 * Asked every time: a rolled back subtransaction may have released
 		 * it, and then it is simply taken again.
 		 */
+		set_domain_tag(&tag, domain->name);
 		if (LockAcquire(&tag, ShareLock, false, false) != LOCKACQUIRE_ALREADY_HELD)
 			newly_locked = true;
 	}
 	else
 	{
-		if (LockAcquire(&tag, AccessShareLock, false, false) != LOCKACQUIRE_ALREADY_HELD)
-			newly_locked = true;
-
 		set_record_tag(&tag, domain->name, key);
 		if (LockAcquire(&tag, ShareLock, false, false) != LOCKACQUIRE_ALREADY_HELD)
 		{
