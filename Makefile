@@ -7,7 +7,7 @@
 MODULE_big = sor
 OBJS = $(patsubst %.c,%.o,$(wildcard src/*.c))
 PG_CPPFLAGS = -I$(srcdir)/include
-PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Werror
+PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers $(if $(WERROR),-Werror)
 
 EXTENSION = sor
 DATA = sor--1.0.sql

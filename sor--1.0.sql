@@ -230,6 +230,17 @@ BEGIN
 END
 $$;
 
+-- "schema.table" (a temporary table: "table") for messages, which quote it.
+CREATE FUNCTION @extschema@.display_name(rel regclass) RETURNS text
+    LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN c.relpersistence OPERATOR(pg_catalog.=) 't' THEN c.relname::text
+                ELSE n.nspname OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) c.relname END
+      FROM pg_catalog.pg_class c
+      JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+     WHERE c.oid OPERATOR(pg_catalog.=) rel
+$$;
+
 -- The registered table (or registered ancestor) that covers rel, or NULL.
 CREATE FUNCTION @extschema@.registered_root(rel regclass) RETURNS regclass
     LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
@@ -312,7 +323,7 @@ BEGIN
     IF rel <> root AND EXISTS (SELECT FROM @extschema@.registered_table
                                 WHERE tbl = rel) THEN
         RAISE EXCEPTION 'cannot attach registered table "%" as a partition of registered table "%"',
-                        rel, root
+                        @extschema@.display_name(rel), @extschema@.display_name(root)
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'Unregister it with sor.unregister_table() first.';
     END IF;
@@ -326,7 +337,8 @@ BEGIN
                           WHERE t.tgrelid = rel
                             AND t.tgfoid = '@extschema@.enforce()'::regprocedure) <> 2)
     THEN
-        RAISE EXCEPTION 'cannot disable, drop or rename the sor triggers of registered table "%"', rel
+        RAISE EXCEPTION 'cannot disable, drop or rename the sor triggers of registered table "%"',
+                        @extschema@.display_name(rel)
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   DETAIL = 'Triggers "zzz_sor_enforce" and "zzz_sor_truncate" must stay enabled ALWAYS while the table is registered.',
                   HINT = 'To stop enforcing ownership on the table, unregister it with sor.unregister_table().';
@@ -335,11 +347,11 @@ BEGIN
     SELECT a.atttypid INTO keytype
       FROM pg_attribute a
      WHERE a.attrelid = rel AND a.attname = reg.key_column
-       AND a.attnum > 0 AND NOT a.attisdropped;
+       AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '';
     IF keytype IS NULL
        OR @extschema@.key_type_family(keytype) IS DISTINCT FROM d.key_type THEN
-        RAISE EXCEPTION 'cannot drop, rename or retype key column "%" of registered table "%"',
-                        reg.key_column, rel
+        RAISE EXCEPTION 'cannot drop, rename, retype or generate key column "%" of registered table "%"',
+                        reg.key_column, @extschema@.display_name(rel)
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   DETAIL = format('Domain "%s" has keys of type %s.', d.name, d.key_type),
                   HINT = 'Unregister the table with sor.unregister_table() first.';
@@ -354,7 +366,8 @@ BEGIN
        AND (t.tgtype & (4 | 16)) <> 0   -- INSERT or UPDATE
      ORDER BY 1 LIMIT 1;
     IF FOUND THEN
-        RAISE EXCEPTION 'trigger "%" on registered table "%" would fire after the sor trigger', late, rel
+        RAISE EXCEPTION 'trigger "%" on registered table "%" would fire after the sor trigger',
+                        late, @extschema@.display_name(rel)
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   DETAIL = 'BEFORE ROW triggers fire in name order; one that fires after "zzz_sor_enforce" could change a key after its owner was checked.',
                   HINT = 'Give the trigger a name that sorts before "zzz_sor_enforce".';
@@ -440,7 +453,7 @@ BEGIN
         rel := to_regclass(format('%I.%I', obj.address_names[1], obj.address_names[2]));
         IF rel IS NOT NULL AND @extschema@.registered_root(rel) IS NOT NULL THEN
             RAISE EXCEPTION 'cannot drop trigger "%" of registered table "%"',
-                            obj.address_names[3], rel
+                            obj.address_names[3], @extschema@.display_name(rel)
                 USING ERRCODE = 'object_not_in_prerequisite_state',
                       HINT = 'To stop enforcing ownership on the table, unregister it with sor.unregister_table().';
         END IF;
@@ -536,6 +549,7 @@ AS $$
 DECLARE
     cls pg_class;
     keytype regtype;
+    generated boolean;
     family regtype;
     d @extschema@.domain;
     part regclass;
@@ -547,39 +561,44 @@ BEGIN
     PERFORM @extschema@.required(key_column, 'key column');
     SELECT * INTO cls FROM pg_class WHERE oid = tbl;
     IF cls.relkind NOT IN ('r', 'p') THEN
-        RAISE EXCEPTION 'cannot register "%": it is not a table', tbl
+        RAISE EXCEPTION 'cannot register "%": it is not a table', @extschema@.display_name(tbl)
             USING ERRCODE = 'wrong_object_type',
                   DETAIL = 'Only ordinary and partitioned tables can be registered.';
     END IF;
     IF cls.relpersistence = 't' THEN
-        RAISE EXCEPTION 'cannot register temporary table "%"', tbl
+        RAISE EXCEPTION 'cannot register temporary table "%"', @extschema@.display_name(tbl)
             USING ERRCODE = 'wrong_object_type',
                   DETAIL = 'A temporary table exists in one session only; it has no copies at other sites.';
     END IF;
     IF cls.relispartition THEN
-        RAISE EXCEPTION 'cannot register partition "%"', tbl
+        RAISE EXCEPTION 'cannot register partition "%"', @extschema@.display_name(tbl)
             USING ERRCODE = 'wrong_object_type',
                   HINT = 'Register the partitioned table; that covers all of its partitions.';
     END IF;
     IF NOT pg_has_role(invoker, cls.relowner, 'USAGE') THEN
-        RAISE EXCEPTION 'must be owner of table "%"', tbl
+        RAISE EXCEPTION 'must be owner of table "%"', @extschema@.display_name(tbl)
             USING ERRCODE = 'insufficient_privilege';
     END IF;
     IF EXISTS (SELECT FROM @extschema@.registered_table r WHERE r.tbl = register_table_impl.tbl) THEN
-        RAISE EXCEPTION 'table "%" is already registered', tbl
+        RAISE EXCEPTION 'table "%" is already registered', @extschema@.display_name(tbl)
             USING ERRCODE = 'duplicate_object',
                   DETAIL = format('It belongs to domain "%s".',
                                   (SELECT r.domain FROM @extschema@.registered_table r
                                     WHERE r.tbl = register_table_impl.tbl));
     END IF;
 
-    SELECT a.atttypid INTO keytype
+    SELECT a.atttypid, a.attgenerated <> '' INTO keytype, generated
       FROM pg_attribute a
      WHERE a.attrelid = tbl AND a.attname = key_column
        AND a.attnum > 0 AND NOT a.attisdropped;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'column "%" of relation "%" does not exist', key_column, tbl
+        RAISE EXCEPTION 'column "%" of relation "%" does not exist', key_column, @extschema@.display_name(tbl)
             USING ERRCODE = 'undefined_column';
+    END IF;
+    IF generated THEN
+        RAISE EXCEPTION 'key column "%" cannot be a generated column', key_column
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'A generated column gets its value after the row triggers have checked the key.';
     END IF;
     family := @extschema@.key_type_family(keytype);
     IF family IS NULL THEN
@@ -652,11 +671,11 @@ BEGIN
     END IF;
     IF NOT EXISTS (SELECT FROM @extschema@.registered_table r
                     WHERE r.tbl = unregister_table_impl.tbl) THEN
-        RAISE EXCEPTION 'table "%" is not registered', tbl
+        RAISE EXCEPTION 'table "%" is not registered', @extschema@.display_name(tbl)
             USING ERRCODE = 'undefined_object';
     END IF;
     IF NOT pg_has_role(invoker, (SELECT relowner FROM pg_class WHERE oid = tbl), 'USAGE') THEN
-        RAISE EXCEPTION 'must be owner of table "%"', tbl
+        RAISE EXCEPTION 'must be owner of table "%"', @extschema@.display_name(tbl)
             USING ERRCODE = 'insufficient_privilege';
     END IF;
 
@@ -802,7 +821,11 @@ BEGIN
         taken := taken + 1;
     END LOOP;
 
-    -- records with an entry of their own
+    -- records with an entry of their own; lock their domains first, so
+    -- that waiting for writers cannot deadlock with them
+    PERFORM @extschema@.lock_domain_for_handoff(dm)
+       FROM (SELECT DISTINCT domain FROM @extschema@.owner_entry
+              WHERE site = failed_site ORDER BY 1) AS t(dm);
     FOR e IN SELECT * FROM @extschema@.owner_entry
               WHERE site = failed_site ORDER BY domain, key FOR UPDATE
     LOOP

@@ -79,3 +79,13 @@ SELECT * FROM account ORDER BY id;
 SELECT tgname, tgenabled FROM pg_trigger
  WHERE tgrelid = 'account'::regclass ORDER BY 1;
 SELECT domain, key, site, epoch FROM sor.ownership WHERE domain = 'account';
+
+-- changing the key column's type within its kind is allowed, and the
+-- trigger reads keys with the new type from then on
+SELECT sor.transfer('account', '4294967297', 'london');
+INSERT INTO account VALUES (3, 0);
+ALTER TABLE account ALTER COLUMN id TYPE bigint;
+INSERT INTO account VALUES (4294967297, 0);
+\echo :LAST_ERROR_SQLSTATE
+INSERT INTO account VALUES (4294967298, 0);
+SELECT id FROM account ORDER BY id;

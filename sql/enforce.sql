@@ -162,4 +162,18 @@ DROP TABLE notes;
 
 SELECT * FROM customer ORDER BY id;
 SELECT * FROM orders ORDER BY order_id;
+-- a TRUNCATE that arrives by replication is applied: it was allowed where
+-- it was made
+CREATE TABLE scratch (k bigint);
+SELECT sor.register_table('scratch', 'k', 'customer');
+BEGIN;
+SELECT pg_replication_origin_session_setup('sor_regress_origin');
+SET LOCAL session_replication_role = replica;
+INSERT INTO scratch VALUES (8), (9);
+TRUNCATE scratch;
+SELECT pg_replication_origin_session_reset();
+COMMIT;
+SELECT count(*) AS scratch_rows FROM scratch;
+SELECT sor.unregister_table('scratch');
+DROP TABLE scratch;
 SELECT pg_replication_origin_drop('sor_regress_origin');

@@ -52,6 +52,8 @@ SELECT sor.register_table('spare_temp', 'a');
 CREATE TABLE spare_parted (a integer) PARTITION BY LIST (a);
 CREATE TABLE spare_part1 PARTITION OF spare_parted FOR VALUES IN (1);
 SELECT sor.register_table('spare_part1', 'a');
+CREATE TABLE spare_generated (a integer, k bigint GENERATED ALWAYS AS (a * 2) STORED);
+SELECT sor.register_table('spare_generated', 'k');
 CREATE TABLE spare_late (a integer);
 CREATE TRIGGER zzzz_late BEFORE INSERT ON spare_late
     FOR EACH ROW EXECUTE FUNCTION suppress_redundant_updates_trigger();
@@ -82,6 +84,6 @@ DROP TABLE doomed;
 SELECT count(*) AS doomed_registered FROM sor.registered_table
  WHERE domain = 'doomed';
 DROP VIEW spare_view;
-DROP TABLE spare, spare_parted, spare_late;
+DROP TABLE spare, spare_parted, spare_late, spare_generated;
 DROP SEQUENCE spare_seq;
 DROP SCHEMA "Shop" CASCADE;

@@ -94,10 +94,17 @@ static char local_site_name[NAMEDATALEN];
 static bool cache_stale = false;
 static uint64 cache_generation = 0;
 
+/*
+ * Invalidation of a sor catalog table, or of a cached registered table (its
+ * key column may have changed type, a partition may have moved): drop it
+ * all at the next revalidation.
+ */
 static void
 relcache_callback(Datum arg, Oid relid)
 {
-	if (relid == InvalidOid || sor_is_catalog_relation(relid))
+	if (relid == InvalidOid || sor_is_catalog_relation(relid) ||
+		(table_cache != NULL &&
+		 hash_search(table_cache, &relid, HASH_FIND, NULL) != NULL))
 		cache_stale = true;
 }
 
@@ -153,8 +160,7 @@ catalog_relid(Oid nspid, const char *relname)
 	if (!OidIsValid(relid))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("sor catalog table \"sor.%s\" is missing", relname),
-				 errhint("Reinstall the extension with DROP EXTENSION sor; CREATE EXTENSION sor.")));
+				 errmsg("sor catalog table \"sor.%s\" is missing", relname)));
 	return relid;
 }
 
@@ -162,7 +168,11 @@ static Oid
 primary_key_of(Oid relid)
 {
 	Relation	rel = table_open(relid, AccessShareLock);
+#if PG_VERSION_NUM >= 180000
+	Oid			indexid = RelationGetPrimaryKeyIndex(rel, false);
+#else
 	Oid			indexid = RelationGetPrimaryKeyIndex(rel);
+#endif
 
 	table_close(rel, AccessShareLock);
 	return indexid;
@@ -317,6 +327,7 @@ static SorDomain *
 lookup_domain(const char *name, bool missing_ok)
 {
 	SorDomain  *domain;
+	SorDomain	loaded;
 	char		hashkey[sizeof(((SorDomain *) NULL)->name)];
 	bool		found;
 	ScanKeyData key;
@@ -360,29 +371,31 @@ lookup_domain(const char *name, bool missing_ok)
 				 errhint("A domain is created by the first sor.register_table() that names it.")));
 	}
 
-	domain = hash_search(domain_cache, hashkey, HASH_ENTER, &found);
+	memset(&loaded, 0, sizeof(loaded));
+	strlcpy(loaded.name, name, sizeof(loaded.name));
 	tupdesc = RelationGetDescr(rel);
 
 	datum = heap_getattr(tuple, Anum_domain_key_type, tupdesc, &isnull);
-	domain->key_type = DatumGetObjectId(datum);
-	getTypeInputInfo(domain->key_type, &func, &domain->key_ioparam);
-	fmgr_info_cxt(func, &domain->key_input, cache_context);
-	getTypeOutputInfo(domain->key_type, &func, &isvarlena);
-	fmgr_info_cxt(func, &domain->key_output, cache_context);
+	loaded.key_type = DatumGetObjectId(datum);
+	getTypeInputInfo(loaded.key_type, &func, &loaded.key_ioparam);
+	fmgr_info_cxt(func, &loaded.key_input, cache_context);
+	getTypeOutputInfo(loaded.key_type, &func, &isvarlena);
+	fmgr_info_cxt(func, &loaded.key_output, cache_context);
 
 	datum = heap_getattr(tuple, Anum_domain_default_site, tupdesc, &isnull);
-	domain->has_default = !isnull;
+	loaded.has_default = !isnull;
 	if (!isnull)
-		text_to_cstring_buffer(DatumGetTextPP(datum), domain->default_site,
+		text_to_cstring_buffer(DatumGetTextPP(datum), loaded.default_site,
 							   NAMEDATALEN);
 	datum = heap_getattr(tuple, Anum_domain_default_epoch, tupdesc, &isnull);
-	domain->default_epoch = isnull ? 0 : DatumGetInt64(datum);
-
-	domain->lock_lxid = InvalidLocalTransactionId;
-	domain->record_locks = 0;
-	domain->escalated = false;
+	loaded.default_epoch = isnull ? 0 : DatumGetInt64(datum);
+	loaded.lock_lxid = InvalidLocalTransactionId;
 
 	table_close(rel, AccessShareLock);
+
+	/* nothing can fail from here on: no half-built entry is left behind */
+	domain = hash_search(domain_cache, hashkey, HASH_ENTER, &found);
+	*domain = loaded;
 	return domain;
 }
 
@@ -412,6 +425,8 @@ SorTable *
 sor_lookup_table(Oid relid)
 {
 	SorTable   *table;
+	SorDomain  *domain;
+	FmgrInfo	key_output;
 	Relation	rel;
 	HeapTuple	tuple;
 	char	   *domain_name;
@@ -467,12 +482,15 @@ sor_lookup_table(Oid relid)
 						key_column, get_rel_name(relid))));
 	atttype = get_atttype(relid, attnum);
 
-	table = hash_search(table_cache, &relid, HASH_ENTER, NULL);
-	table->domain = lookup_domain(domain_name, false);
-	table->key_attnum = attnum;
+	domain = lookup_domain(domain_name, false);
 	getTypeOutputInfo(atttype, &func, &isvarlena);
-	fmgr_info_cxt(func, &table->key_output, cache_context);
+	fmgr_info_cxt(func, &key_output, cache_context);
 
+	/* nothing can fail from here on: no half-built entry is left behind */
+	table = hash_search(table_cache, &relid, HASH_ENTER, NULL);
+	table->domain = domain;
+	table->key_attnum = attnum;
+	table->key_output = key_output;
 	return table;
 }
 
@@ -487,6 +505,7 @@ sor_lookup_owner(SorDomain *domain, const char *key, SorOwnership *result)
 	size_t		klen = strlen(key);
 	Size		len = dlen + 1 + klen;
 	char	   *domain_key;
+	char	   *stored_key;
 	uint64		hash;
 	OwnerCacheEntry *entry;
 	bool		found;
@@ -544,11 +563,12 @@ sor_lookup_owner(SorDomain *domain, const char *key, SorOwnership *result)
 		create_owner_cache();
 	}
 
+	stored_key = MemoryContextAlloc(owner_context, len);
+	memcpy(stored_key, domain_key, len);
 	entry = hash_search(owner_cache, &hash, HASH_ENTER, &found);
 	if (found)
 		pfree(entry->domain_key);
-	entry->domain_key = MemoryContextAlloc(owner_context, len);
-	memcpy(entry->domain_key, domain_key, len);
+	entry->domain_key = stored_key;
 	entry->len = len;
 	entry->ownership = *result;
 	pfree(domain_key);

@@ -41,11 +41,22 @@
 PG_FUNCTION_INFO_V1(sor_enforce);
 PG_FUNCTION_INFO_V1(sor_catalog_changed);
 
+/* "schema.table", for messages (which quote it) */
 static char *
 qualified_name(Relation rel)
 {
-	return quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
-									  RelationGetRelationName(rel));
+	return psprintf("%s.%s", get_namespace_name(RelationGetNamespace(rel)),
+					RelationGetRelationName(rel));
+}
+
+static void
+not_registered(Relation rel)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("table \"%s\" is not registered with sor",
+					qualified_name(rel)),
+			 errhint("Register it with sor.register_table(), or drop the trigger that calls sor.enforce().")));
 }
 
 /* True when the current change is being applied by a replication worker. */
@@ -74,11 +85,7 @@ check_record(Relation rel, HeapTuple tuple)
 
 	table = sor_lookup_table(relid);
 	if (table == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("table \"%s\" is not registered with sor",
-						qualified_name(rel)),
-				 errhint("Register it with sor.register_table(), or drop the trigger that calls sor.enforce().")));
+		not_registered(rel);
 
 	value = heap_getattr(tuple, table->key_attnum, RelationGetDescr(rel),
 						 &isnull);
@@ -95,8 +102,9 @@ check_record(Relation rel, HeapTuple tuple)
 	generation = sor_cache_generation();
 	sor_lock_record_for_write(table->domain, key);
 	sor_cache_revalidate();
-	if (generation != sor_cache_generation())
-		table = sor_lookup_table(relid);
+	if (generation != sor_cache_generation() &&
+		(table = sor_lookup_table(relid)) == NULL)
+		not_registered(rel);
 
 	local = sor_local_site();
 	if (local == NULL)
@@ -144,6 +152,15 @@ sor_enforce(PG_FUNCTION_ARGS)
 	event = trigdata->tg_event;
 	rel = trigdata->tg_relation;
 
+	/* a change that the owner made and replication brings here */
+	if (applying_replicated_change())
+	{
+		if (!TRIGGER_FIRED_FOR_ROW(event))
+			return PointerGetDatum(NULL);
+		return PointerGetDatum(TRIGGER_FIRED_BY_UPDATE(event) ?
+							   trigdata->tg_newtuple : trigdata->tg_trigtuple);
+	}
+
 	if (TRIGGER_FIRED_BY_TRUNCATE(event))
 	{
 		/* left behind on a partition that was detached: nothing to guard */
@@ -163,10 +180,6 @@ sor_enforce(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("sor.enforce() must be fired BEFORE ROW or BEFORE TRUNCATE")));
 
-	if (applying_replicated_change())
-		return PointerGetDatum(TRIGGER_FIRED_BY_UPDATE(event) ?
-							   trigdata->tg_newtuple : trigdata->tg_trigtuple);
-
 	sor_cache_revalidate();
 
 	if (TRIGGER_FIRED_BY_INSERT(event))
@@ -185,14 +198,19 @@ sor_enforce(PG_FUNCTION_ARGS)
 	{
 		SorTable   *table = sor_lookup_table(RelationGetRelid(rel));
 		TupleDesc	tupdesc = RelationGetDescr(rel);
-		Form_pg_attribute att = TupleDescAttr(tupdesc, table->key_attnum - 1);
+		Form_pg_attribute att;
 		bool		oldnull;
 		bool		newnull;
-		Datum		oldkey = heap_getattr(trigdata->tg_trigtuple,
-										  table->key_attnum, tupdesc, &oldnull);
-		Datum		newkey = heap_getattr(trigdata->tg_newtuple,
-										  table->key_attnum, tupdesc, &newnull);
+		Datum		oldkey;
+		Datum		newkey;
 
+		if (table == NULL)
+			not_registered(rel);
+		att = TupleDescAttr(tupdesc, table->key_attnum - 1);
+		oldkey = heap_getattr(trigdata->tg_trigtuple, table->key_attnum,
+							  tupdesc, &oldnull);
+		newkey = heap_getattr(trigdata->tg_newtuple, table->key_attnum,
+							  tupdesc, &newnull);
 		if (newnull || !datumIsEqual(oldkey, newkey, att->attbyval, att->attlen))
 			check_record(rel, trigdata->tg_newtuple);
 	}
@@ -224,7 +242,7 @@ sor_catalog_changed(PG_FUNCTION_ARGS)
 
 	rel = trigdata->tg_relation;
 	tupdesc = RelationGetDescr(rel);
-	CacheInvalidateRelcacheByRelid(RelationGetRelid(rel));
+	CacheInvalidateRelcache(rel);
 
 	if (!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
 		return PointerGetDatum(NULL);

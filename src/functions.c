@@ -18,6 +18,7 @@
 #include "nodes/value.h"
 #include "parser/parse_func.h"
 #include "utils/builtins.h"
+#include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/syscache.h"
 
@@ -62,6 +63,7 @@ sor_owner_of(PG_FUNCTION_ARGS)
 	SorDomain  *domain;
 	SorOwnership owner;
 
+	AcceptInvalidationMessages();
 	sor_cache_revalidate();
 	domain = sor_lookup_domain(domain_name, false);
 	sor_lookup_owner(domain, sor_canonical_key(domain, key), &owner);
@@ -212,6 +214,7 @@ sor_local_site_sql(PG_FUNCTION_ARGS)
 {
 	const char *local;
 
+	AcceptInvalidationMessages();
 	sor_cache_revalidate();
 	local = sor_local_site();
 	if (local == NULL)

@@ -112,11 +112,16 @@ sor_lock_record_for_write(SorDomain *domain, const char *key)
 		if (LockAcquire(&tag, ShareLock, false, false) != LOCKACQUIRE_ALREADY_HELD)
 		{
 			newly_locked = true;
+			/*
+			 * Escalate only when the domain lock is free: waiting for it
+			 * while holding record locks could deadlock with a hand-off
+			 * that holds the domain lock and waits for one of ours.
+			 */
 			if (++domain->record_locks > SOR_LOCK_ESCALATION_THRESHOLD)
 			{
 				set_domain_tag(&tag, domain->name);
-				(void) LockAcquire(&tag, ShareLock, false, false);
-				domain->escalated = true;
+				if (LockAcquire(&tag, ShareLock, false, true) != LOCKACQUIRE_NOT_AVAIL)
+					domain->escalated = true;
 			}
 		}
 	}
@@ -147,9 +152,10 @@ sor_lock_record_for_handoff(const char *domain, const char *key)
 	}
 
 	set_domain_tag(&tag, domain);
-	if (handoff_locks >= SOR_LOCK_ESCALATION_THRESHOLD)
+	if (handoff_locks >= SOR_LOCK_ESCALATION_THRESHOLD &&
+		LockAcquire(&tag, AccessExclusiveLock, false, true) != LOCKACQUIRE_NOT_AVAIL)
 	{
-		(void) LockAcquire(&tag, AccessExclusiveLock, false, false);
+		/* the whole domain is ours: no record lock needed */
 	}
 	else
 	{
