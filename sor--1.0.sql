@@ -186,8 +186,10 @@ END
 $$;
 
 -- Current owner and epoch of (domain, key): the entry, else the domain's
--- default; site is NULL when the record has no owner.  Reads the latest
--- committed catalog, so call it after taking the hand-off lock.
+-- default; site is NULL when the record has no owner.  Call it after taking
+-- the hand-off lock.  The entry is locked FOR UPDATE: in READ COMMITTED that
+-- reads its latest version; in REPEATABLE READ a concurrent change of it
+-- makes this transaction fail with a serialization error.
 CREATE FUNCTION @extschema@.current_owner(d @extschema@.domain, key text,
                                           OUT site text, OUT epoch bigint,
                                           OUT has_entry boolean)
@@ -528,6 +530,9 @@ BEGIN
                                   current, name),
                   HINT = 'Pass force => true to change it anyway.';
     END IF;
+    -- writes checked against the old local site must commit first
+    PERFORM @extschema@.lock_domain_for_handoff(d.name)
+       FROM @extschema@.domain d ORDER BY d.name;
     INSERT INTO @extschema@.local_identity (site) VALUES (name)
     ON CONFLICT (singleton) DO UPDATE SET site = excluded.site,
                                           set_at = pg_catalog.now();

@@ -46,11 +46,6 @@ typedef struct SorDomain
 	bool		has_default;	/* has a default owner */
 	char		default_site[NAMEDATALEN];
 	int64		default_epoch;
-
-	/* lock escalation state of the current transaction */
-	LocalTransactionId lock_lxid;
-	int			record_locks;	/* distinct record locks taken in lock_lxid */
-	bool		escalated;
 } SorDomain;
 
 /* Cached facts about one table that is registered or a partition of one. */
@@ -85,7 +80,7 @@ extern Oid	sor_key_family_type(Oid typid);
 extern bool sor_is_catalog_relation(Oid relid);
 
 /* lock.c */
-extern void sor_lock_record_for_write(SorDomain *domain, const char *key);
+extern void sor_lock_record_for_write(const char *domain, const char *key);
 extern void sor_lock_record_for_handoff(const char *domain, const char *key);
 extern void sor_lock_domain_for_handoff(const char *domain);
 

@@ -389,7 +389,6 @@ lookup_domain(const char *name, bool missing_ok)
 							   NAMEDATALEN);
 	datum = heap_getattr(tuple, Anum_domain_default_epoch, tupdesc, &isnull);
 	loaded.default_epoch = isnull ? 0 : DatumGetInt64(datum);
-	loaded.lock_lxid = InvalidLocalTransactionId;
 
 	table_close(rel, AccessShareLock);
 

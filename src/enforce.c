@@ -100,7 +100,7 @@ check_record(Relation rel, HeapTuple tuple)
 
 	/* Lock first, then check: a hand-off that committed meanwhile is seen. */
 	generation = sor_cache_generation();
-	sor_lock_record_for_write(table->domain, key);
+	sor_lock_record_for_write(table->domain->name, key);
 	sor_cache_revalidate();
 	if (generation != sor_cache_generation() &&
 		(table = sor_lookup_table(relid)) == NULL)

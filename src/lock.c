@@ -20,17 +20,16 @@
  * SOR_LOCK_ESCALATION_THRESHOLD records it takes one share lock on the whole
  * domain instead.  Lock modes on a domain:
  *
+ *	AccessShareLock		every writer
  *	ShareLock			a writer that escalated
  *	RowExclusiveLock	a hand-off of one record
- *	AccessExclusiveLock	a change of the domain's default owner, or a
- *						transaction that hands off many of its records
+ *	AccessExclusiveLock	a change of the domain's default owner or of the
+ *						local site, or a transaction that hands off many
+ *						records of the domain
  *
- * A writer that did not escalate holds no domain lock: one lock per record
- * is all the write path pays.  A change of the default owner therefore does
- * not wait for such writers; it needs not, since it only happens when the
- * domain had no default owner (no record could be written) or when the
- * default owner is lost (sor.takeover_site() at another site, where that
- * owner's records could not be written either).
+ * Escalation never waits (it would deadlock with a hand-off that holds the
+ * domain lock and waits for one of our record locks): when the domain lock
+ * is not free at once, more record locks are taken instead.
  *
  *-------------------------------------------------------------------------
  */
@@ -41,6 +40,7 @@
 #include "miscadmin.h"
 #include "storage/lock.h"
 #include "storage/proc.h"
+#include "utils/hsearch.h"
 #include "utils/inval.h"
 
 #include "sor.h"
@@ -76,52 +76,79 @@ set_record_tag(LOCKTAG *tag, const char *domain, const char *key)
 						 SOR_LOCK_RECORD);
 }
 
+/* Per domain: the locks the current transaction holds for writing. */
+typedef struct WriteLockState
+{
+	char		domain[256];	/* hash key */
+	LocalTransactionId lxid;
+	int			record_locks;	/* distinct record locks taken in lxid */
+	bool		escalated;
+} WriteLockState;
+
+static HTAB *write_lock_state = NULL;
+
+static WriteLockState *
+get_write_lock_state(const char *domain)
+{
+	char		key[256];
+	WriteLockState *state;
+	bool		found;
+
+	if (write_lock_state == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(key);
+		ctl.entrysize = sizeof(WriteLockState);
+		write_lock_state = hash_create("sor write locks", 16, &ctl,
+									   HASH_ELEM | HASH_STRINGS);
+	}
+	memset(key, 0, sizeof(key));
+	strlcpy(key, domain, sizeof(key));
+	state = hash_search(write_lock_state, key, HASH_ENTER, &found);
+	if (!found || state->lxid != MyLocalTransactionId)
+	{
+		state->lxid = MyLocalTransactionId;
+		state->record_locks = 0;
+		state->escalated = false;
+	}
+	return state;
+}
+
 /*
  * Lock a record for writing until the end of the transaction.
  *
  * When a lock is newly granted the caller may have waited for a hand-off to
  * commit, so the invalidations it sent are taken in here; the caller must
  * then look its cache entries up again (sor_cache_generation() tells).
+ *
+ * The locks are asked for on every call, even when this transaction took
+ * them before: a rolled back subtransaction may have released them, and
+ * asking for a lock already held is a local hash probe.
  */
 void
-sor_lock_record_for_write(SorDomain *domain, const char *key)
+sor_lock_record_for_write(const char *domain, const char *key)
 {
+	WriteLockState *state = get_write_lock_state(domain);
 	LOCKTAG		tag;
 	bool		newly_locked = false;
 
-	if (domain->lock_lxid != MyLocalTransactionId)
-	{
-		domain->lock_lxid = MyLocalTransactionId;
-		domain->record_locks = 0;
-		domain->escalated = false;
-	}
+	set_domain_tag(&tag, domain);
+	if (LockAcquire(&tag, state->escalated ? ShareLock : AccessShareLock,
+					false, false) != LOCKACQUIRE_ALREADY_HELD)
+		newly_locked = true;
 
-	if (domain->escalated)
+	if (!state->escalated)
 	{
-		/*
-		 * Asked every time: a rolled back subtransaction may have released
-		 * it, and then it is simply taken again.
-		 */
-		set_domain_tag(&tag, domain->name);
-		if (LockAcquire(&tag, ShareLock, false, false) != LOCKACQUIRE_ALREADY_HELD)
-			newly_locked = true;
-	}
-	else
-	{
-		set_record_tag(&tag, domain->name, key);
+		set_record_tag(&tag, domain, key);
 		if (LockAcquire(&tag, ShareLock, false, false) != LOCKACQUIRE_ALREADY_HELD)
 		{
 			newly_locked = true;
-			/*
-			 * Escalate only when the domain lock is free: waiting for it
-			 * while holding record locks could deadlock with a hand-off
-			 * that holds the domain lock and waits for one of ours.
-			 */
-			if (++domain->record_locks > SOR_LOCK_ESCALATION_THRESHOLD)
+			if (++state->record_locks > SOR_LOCK_ESCALATION_THRESHOLD)
 			{
-				set_domain_tag(&tag, domain->name);
+				set_domain_tag(&tag, domain);
 				if (LockAcquire(&tag, ShareLock, false, true) != LOCKACQUIRE_NOT_AVAIL)
-					domain->escalated = true;
+					state->escalated = true;
 			}
 		}
 	}
@@ -135,8 +162,8 @@ sor_lock_record_for_write(SorDomain *domain, const char *key)
  * waits for every open transaction that has written the record.
  *
  * A transaction that hands off many records (sor.takeover_site(), or its
- * replicated copy) switches to locking their whole domains after
- * SOR_LOCK_ESCALATION_THRESHOLD records, like writers do.
+ * replicated copy) locks their whole domain after
+ * SOR_LOCK_ESCALATION_THRESHOLD records, when it can without waiting.
  */
 void
 sor_lock_record_for_handoff(const char *domain, const char *key)
