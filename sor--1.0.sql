@@ -901,6 +901,239 @@ CREATE TRIGGER append_only_truncate BEFORE TRUNCATE
     EXECUTE FUNCTION @extschema@.history_is_append_only();
 
 /*
+ * Command queue
+ *
+ * A command is a handler function and a jsonb payload, posted for a group.
+ * Commands of one group run one at a time, in the order in which their
+ * enqueuing transactions committed, by whichever consumer (background
+ * worker or sor.drain() caller) holds the group's lock.  See src/queue.c.
+ */
+
+-- Commands waiting to run.  handler is kept as text (the function's
+-- qualified signature), since pg_upgrade refuses regprocedure columns.
+CREATE TABLE @extschema@.command (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    group_key       text COLLATE "C" NOT NULL,
+    handler         text NOT NULL,
+    payload         jsonb NOT NULL,
+    enqueued_by     regrole NOT NULL,
+    enqueued_at     timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    attempts        integer NOT NULL DEFAULT 0,
+    last_error      text,
+    last_attempt_at timestamptz
+);
+CREATE INDEX command_group_key_id ON @extschema@.command (group_key, id);
+
+-- One row per group with commands waiting: when its head may run next,
+-- and whether it is parked after too many failures.
+CREATE TABLE @extschema@.command_group (
+    group_key       text COLLATE "C" PRIMARY KEY,
+    pending         bigint NOT NULL CHECK (pending >= 0),
+    next_attempt_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    parked_at       timestamptz
+);
+CREATE INDEX command_group_ready ON @extschema@.command_group (next_attempt_at)
+    WHERE parked_at IS NULL;
+
+-- Commands taken out of the queue by sor.skip().
+CREATE TABLE @extschema@.skipped_command (
+    id              bigint PRIMARY KEY,
+    group_key       text COLLATE "C" NOT NULL,
+    handler         text NOT NULL,
+    payload         jsonb NOT NULL,
+    enqueued_by     regrole NOT NULL,
+    enqueued_at     timestamptz NOT NULL,
+    attempts        integer NOT NULL,
+    last_error      text,
+    skipped_by      name NOT NULL,
+    skipped_at      timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.command', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.command_group', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.skipped_command', '');
+
+-- Work waiting, per group.
+CREATE VIEW @extschema@.queue AS
+    SELECT g.group_key, g.pending,
+           h.enqueued_at AS oldest_enqueued_at,
+           pg_catalog.now() OPERATOR(pg_catalog.-) h.enqueued_at AS oldest_age,
+           g.next_attempt_at, g.parked_at,
+           h.attempts AS head_attempts, h.last_error AS head_last_error
+      FROM @extschema@.command_group g
+      LEFT JOIN LATERAL (SELECT c.enqueued_at, c.attempts, c.last_error
+                           FROM @extschema@.command c
+                          WHERE c.group_key OPERATOR(pg_catalog.=) g.group_key
+                          ORDER BY c.id LIMIT 1) h ON true;
+
+-- Commands that failed at least once and wait to be retried or skipped.
+CREATE VIEW @extschema@.failed_commands AS
+    SELECT c.id, c.group_key, c.handler, c.payload, c.enqueued_by,
+           c.attempts, c.last_error, c.last_attempt_at,
+           g.parked_at IS NOT NULL AS parked, g.next_attempt_at
+      FROM @extschema@.command c
+      JOIN @extschema@.command_group g USING (group_key)
+     WHERE c.attempts OPERATOR(pg_catalog.>) 0;
+
+-- Groups that stopped after their head command failed too often.
+CREATE VIEW @extschema@.parked_groups AS
+    SELECT g.group_key, g.parked_at, g.pending,
+           h.id AS command_id, h.handler, h.attempts, h.last_error
+      FROM @extschema@.command_group g
+      LEFT JOIN LATERAL (SELECT c.id, c.handler, c.attempts, c.last_error
+                           FROM @extschema@.command c
+                          WHERE c.group_key OPERATOR(pg_catalog.=) g.group_key
+                          ORDER BY c.id LIMIT 1) h ON true
+     WHERE g.parked_at IS NOT NULL;
+
+CREATE FUNCTION @extschema@.worker_status(
+    OUT pid integer, OUT database name, OUT state text, OUT group_key text,
+    OUT commands_run bigint, OUT started_at timestamptz)
+    RETURNS SETOF record
+    LANGUAGE C AS 'MODULE_PATHNAME', 'sor_worker_status';
+
+-- The background workers of this database.
+CREATE VIEW @extschema@.workers AS
+    SELECT pid, state, group_key, commands_run, started_at
+      FROM @extschema@.worker_status()
+     WHERE database OPERATOR(pg_catalog.=) pg_catalog.current_database();
+
+-- Take the lock that orders the producers of one group, and wake the
+-- workers when the transaction commits.  Internal.
+CREATE FUNCTION @extschema@.lock_group_for_enqueue(group_key text) RETURNS void
+    LANGUAGE C AS 'MODULE_PATHNAME', 'sor_lock_group_for_enqueue';
+
+-- Take the lock that consumers of one group hold (waiting for the one that
+-- runs the group now), and wake the workers when the transaction commits.
+-- Internal.
+CREATE FUNCTION @extschema@.lock_group_for_change(group_key text) RETURNS void
+    LANGUAGE C AS 'MODULE_PATHNAME', 'sor_lock_group_for_change';
+
+-- Wake the launcher when the transaction commits (CREATE EXTENSION).
+CREATE FUNCTION @extschema@.notify_launcher() RETURNS void
+    LANGUAGE C AS 'MODULE_PATHNAME', 'sor_notify_launcher';
+
+CREATE FUNCTION @extschema@.enqueue(group_key text, handler regprocedure,
+                                    payload jsonb DEFAULT '{}')
+    RETURNS bigint
+    LANGUAGE C AS 'MODULE_PATHNAME', 'sor_call_with_invoker';
+
+CREATE FUNCTION @extschema@.enqueue_impl(group_key text, handler regprocedure,
+                                         payload jsonb, invoker oid)
+    RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p pg_proc;
+    command_id bigint;
+BEGIN
+    PERFORM @extschema@.required(group_key, 'group key');
+    IF handler IS NULL THEN
+        RAISE EXCEPTION 'handler must not be null'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF payload IS NULL THEN
+        RAISE EXCEPTION 'payload must not be null'
+            USING ERRCODE = 'null_value_not_allowed',
+                  HINT = 'Pass ''{}'' for a command without data.';
+    END IF;
+    SELECT * INTO p FROM pg_proc WHERE oid = handler;
+    IF p.prokind <> 'f' OR p.proretset OR p.pronargs <> 1
+       OR p.proargtypes[0] <> 'jsonb'::regtype THEN
+        RAISE EXCEPTION 'function % cannot handle commands', handler
+            USING ERRCODE = 'wrong_object_type',
+                  DETAIL = 'A handler is a function that takes one jsonb argument and returns no set.';
+    END IF;
+    IF NOT has_function_privilege(invoker, handler, 'EXECUTE') THEN
+        RAISE EXCEPTION 'permission denied for function %', handler
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'A command runs with the rights of the role that enqueues it, which must be allowed to execute its handler.';
+    END IF;
+
+    PERFORM @extschema@.lock_group_for_enqueue(group_key);
+    INSERT INTO @extschema@.command (group_key, handler, payload, enqueued_by)
+    VALUES (group_key, handler::text, payload, invoker)
+    RETURNING id INTO command_id;
+    INSERT INTO @extschema@.command_group AS g (group_key, pending)
+    VALUES (group_key, 1)
+    ON CONFLICT ON CONSTRAINT command_group_pkey
+    DO UPDATE SET pending = g.pending + 1;
+    RETURN command_id;
+END
+$$;
+
+CREATE FUNCTION @extschema@.drain(max_commands integer DEFAULT NULL)
+    RETURNS integer
+    LANGUAGE C AS 'MODULE_PATHNAME', 'sor_call_with_invoker';
+
+CREATE FUNCTION @extschema@.drain_impl(max_commands integer, invoker oid)
+    RETURNS integer
+    LANGUAGE C SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'sor_drain_impl';
+
+CREATE FUNCTION @extschema@.retry(group_key text) RETURNS void
+    LANGUAGE C AS 'MODULE_PATHNAME', 'sor_call_with_invoker';
+
+CREATE FUNCTION @extschema@.retry_impl(group_key text, invoker oid)
+    RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM @extschema@.required(group_key, 'group key');
+    PERFORM @extschema@.lock_group_for_change(group_key);
+    UPDATE @extschema@.command_group g
+       SET parked_at = NULL, next_attempt_at = pg_catalog.now()
+     WHERE g.group_key = retry_impl.group_key;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'group "%" has no commands waiting', group_key
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    -- the head gets a full set of attempts again
+    UPDATE @extschema@.command c SET attempts = 0
+     WHERE c.id = (SELECT min(id) FROM @extschema@.command h
+                    WHERE h.group_key = retry_impl.group_key);
+END
+$$;
+
+CREATE FUNCTION @extschema@.skip(command_id bigint) RETURNS void
+    LANGUAGE C AS 'MODULE_PATHNAME', 'sor_call_with_invoker';
+
+CREATE FUNCTION @extschema@.skip_impl(command_id bigint, invoker oid)
+    RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c @extschema@.command;
+BEGIN
+    IF command_id IS NULL THEN
+        RAISE EXCEPTION 'command id must not be null'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT * INTO c FROM @extschema@.command WHERE id = command_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'command % is not waiting in the queue', command_id
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'It may have run already, or been skipped before (see sor.skipped_command).';
+    END IF;
+    -- wait for a consumer that is running the group right now
+    PERFORM @extschema@.lock_group_for_change(c.group_key);
+    DELETE FROM @extschema@.command WHERE id = command_id;
+    INSERT INTO @extschema@.skipped_command
+           (id, group_key, handler, payload, enqueued_by, enqueued_at,
+            attempts, last_error, skipped_by)
+    VALUES (c.id, c.group_key, c.handler, c.payload, c.enqueued_by,
+            c.enqueued_at, c.attempts, c.last_error,
+            (SELECT rolname FROM pg_roles WHERE oid = invoker));
+    UPDATE @extschema@.command_group g
+       SET pending = g.pending - 1, parked_at = NULL,
+           next_attempt_at = pg_catalog.now()
+     WHERE g.group_key = c.group_key;
+    DELETE FROM @extschema@.command_group g
+     WHERE g.group_key = c.group_key AND g.pending = 0;
+END
+$$;
+
+/*
  * Privileges
  *
  * Everyone may read the catalog and ask who owns what.  Changing sites,
@@ -918,5 +1151,16 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.local_site(),
     @extschema@.owner_of(text, text),
     @extschema@.canonical_key(text, text),
-    @extschema@.key_type_family(regtype)
+    @extschema@.key_type_family(regtype),
+    @extschema@.enqueue(text, regprocedure, jsonb),
+    @extschema@.drain(integer),
+    @extschema@.worker_status()
     TO PUBLIC;
+
+-- payloads and errors are for the roles an administrator lets see them
+REVOKE SELECT ON @extschema@.command, @extschema@.skipped_command,
+                 @extschema@.failed_commands, @extschema@.parked_groups
+    FROM PUBLIC;
+
+-- background workers find this database from now on
+SELECT @extschema@.notify_launcher();

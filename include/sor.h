@@ -18,6 +18,7 @@
 #ifndef SOR_H
 #define SOR_H
 
+#include "datatype/timestamp.h"
 #include "fmgr.h"
 #include "storage/lockdefs.h"
 #include "utils/relcache.h"
@@ -28,6 +29,8 @@
  */
 #define SOR_LOCK_RECORD		0x5301	/* one record: (domain, key) */
 #define SOR_LOCK_DOMAIN		0x5302	/* one domain */
+#define SOR_LOCK_GROUP		0x5303	/* the consumer of one command group */
+#define SOR_LOCK_ENQUEUE	0x5304	/* the producers of one command group */
 
 /*
  * A transaction that writes more distinct records of one domain than this
@@ -66,6 +69,35 @@ typedef struct SorOwnership
 	int64		epoch;
 } SorOwnership;
 
+/* State of a command worker, in shared memory. */
+typedef enum SorSlotState
+{
+	SOR_SLOT_FREE = 0,
+	SOR_SLOT_STARTING,
+	SOR_SLOT_IDLE,
+	SOR_SLOT_RUNNING,
+	SOR_SLOT_NO_EXTENSION		/* found no sor in its database: exiting */
+} SorSlotState;
+
+typedef struct SorWorkerSlot
+{
+	SorSlotState state;
+	Oid			dboid;
+	int			pid;
+	struct PGPROC *proc;		/* latch to set; NULL while not running */
+	int64		commands_run;
+	TimestampTz started_at;
+	char		group_key[NAMEDATALEN];	/* running now; truncated */
+} SorWorkerSlot;
+
+/* sor.c: configuration */
+extern int	sor_workers;
+extern int	sor_batch_size;
+extern int	sor_retry_limit;
+extern int	sor_retry_backoff;
+extern int	sor_retry_backoff_max;
+extern int	sor_idle_wakeup;
+
 /* catalog.c */
 extern void sor_cache_init(void);
 extern void sor_cache_revalidate(void);
@@ -83,5 +115,17 @@ extern bool sor_is_catalog_relation(Oid relid);
 extern void sor_lock_record_for_write(const char *domain, const char *key);
 extern void sor_lock_record_for_handoff(const char *domain, const char *key);
 extern void sor_lock_domain_for_handoff(const char *domain);
+
+/* launcher.c */
+extern void sor_launcher_init(void);
+extern bool sor_workers_available(void);
+extern void sor_wake_workers_at_commit(void);
+extern SorWorkerSlot *sor_worker_slot(int index);
+extern void sor_slot_lock(bool exclusive);
+extern void sor_slot_unlock(void);
+
+/* queue.c */
+extern int	sor_run_commands(int max_commands, int max_groups, Oid invoker,
+							 SorWorkerSlot *slot, long *next_due_ms);
 
 #endif							/* SOR_H */

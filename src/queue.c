@@ -1,0 +1,553 @@
+/*-------------------------------------------------------------------------
+ *
+ * queue.c
+ *	  Running queued commands: the engine shared by the background workers
+ *	  and sor.drain(), and the locks that order producers and consumers.
+ *
+ * Order (C1).  sor.enqueue() takes the producer lock of its group before
+ * it draws the command's id from the sequence, and keeps it until its
+ * transaction ends.  So within a group, ids are drawn in the order in which
+ * the enqueuing transactions commit, and a consumer that sees a command
+ * also sees every earlier one.
+ *
+ * One consumer per group (C2).  A consumer runs a group's commands only
+ * while it holds the group's consumer lock, taken without waiting (a group
+ * that another consumer holds is skipped) and kept until its transaction
+ * ends.  Both locks are advisory locks in lock classes of sor's own.
+ *
+ * Atomic completion (C3).  Each command runs in a subtransaction together
+ * with the deletion of its queue row; the consumer's transaction commits
+ * them all, or none.
+ *
+ * Failures (C4).  A command whose handler fails is rolled back alone; its
+ * attempts and error are recorded, and its group waits for a backoff that
+ * doubles with each attempt.  After sor.retry_limit attempts the group is
+ * parked until sor.retry() or sor.skip().
+ *
+ * Privileges (C5).  A handler runs as the role that enqueued the command,
+ * with a GUC nesting level of its own in which search_path is reset and the
+ * role's and database's settings are applied, and which is thrown away
+ * afterwards.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/table.h"
+#include "access/xact.h"
+#include "catalog/pg_authid.h"
+#include "catalog/pg_db_role_setting.h"
+#include "catalog/pg_proc.h"
+#include "catalog/pg_type.h"
+#include "common/hashfn.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "storage/lock.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/datum.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/regproc.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
+
+#include "sor.h"
+
+/* How many ready groups one look at the queue considers. */
+#define SOR_CANDIDATE_GROUPS	16
+
+/* One command, copied out of SPI's result. */
+typedef struct Command
+{
+	int64		id;
+	char	   *handler;
+	Datum		payload;
+	Oid			role;
+} Command;
+
+static SPIPlanPtr plan_ready_groups;
+static SPIPlanPtr plan_next_due;
+static SPIPlanPtr plan_commands;
+static SPIPlanPtr plan_done;
+static SPIPlanPtr plan_failed;
+static SPIPlanPtr plan_group_after;
+static SPIPlanPtr plan_group_delete;
+
+static SPIPlanPtr
+prepare(const char *sql, int nargs, Oid *argtypes)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql,
+			 SPI_result_code_string(SPI_result));
+	SPI_keepplan(plan);
+	return plan;
+}
+
+static void
+prepare_plans(void)
+{
+	Oid			text_int[2] = {TEXTOID, INT4OID};
+	Oid			int8_text[2] = {INT8OID, TEXTOID};
+	Oid			group_after[4] = {TEXTOID, INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID};
+
+	if (plan_ready_groups != NULL)
+		return;
+
+	plan_ready_groups = prepare(
+		"SELECT group_key FROM sor.command_group"
+		" WHERE parked_at IS NULL AND next_attempt_at <= pg_catalog.clock_timestamp()"
+		" ORDER BY next_attempt_at, group_key LIMIT $1",
+		1, &text_int[1]);
+	plan_next_due = prepare(
+		"SELECT pg_catalog.min(next_attempt_at) FROM sor.command_group"
+		" WHERE parked_at IS NULL",
+		0, NULL);
+	plan_commands = prepare(
+		"SELECT id, handler, payload, enqueued_by::oid FROM sor.command"
+		" WHERE group_key = $1 ORDER BY id LIMIT $2",
+		2, text_int);
+	plan_done = prepare(
+		"DELETE FROM sor.command WHERE id = $1",
+		1, int8_text);
+	plan_failed = prepare(
+		"UPDATE sor.command SET attempts = attempts + 1, last_error = $2,"
+		" last_attempt_at = pg_catalog.clock_timestamp()"
+		" WHERE id = $1 RETURNING attempts",
+		2, int8_text);
+	plan_group_after = prepare(
+		"UPDATE sor.command_group SET pending = pending - $2,"
+		" next_attempt_at = $3, parked_at = $4"
+		" WHERE group_key = $1 RETURNING pending",
+		4, group_after);
+	plan_group_delete = prepare(
+		"DELETE FROM sor.command_group WHERE group_key = $1 AND pending = 0",
+		1, text_int);
+}
+
+static void
+set_group_tag(LOCKTAG *tag, const char *group_key, uint16 lockclass)
+{
+	uint64		h = hash_bytes_extended((const unsigned char *) group_key,
+										strlen(group_key), 0);
+
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h,
+						 lockclass);
+}
+
+static char *
+required_group_key(FunctionCallInfo fcinfo)
+{
+	char	   *group_key;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("group key must not be null")));
+	group_key = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	if (group_key[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("group key must not be empty")));
+	return group_key;
+}
+
+/*
+ * sor.lock_group_for_enqueue(group_key text): the producer lock (see the top
+ * of the file); the workers are woken when the transaction commits.
+ */
+PG_FUNCTION_INFO_V1(sor_lock_group_for_enqueue);
+Datum
+sor_lock_group_for_enqueue(PG_FUNCTION_ARGS)
+{
+	LOCKTAG		tag;
+
+	set_group_tag(&tag, required_group_key(fcinfo), SOR_LOCK_ENQUEUE);
+	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+	sor_wake_workers_at_commit();
+	PG_RETURN_VOID();
+}
+
+/*
+ * sor.lock_group_for_change(group_key text): the consumer lock, waiting for
+ * the consumer that holds it; for sor.retry() and sor.skip().
+ */
+PG_FUNCTION_INFO_V1(sor_lock_group_for_change);
+Datum
+sor_lock_group_for_change(PG_FUNCTION_ARGS)
+{
+	LOCKTAG		tag;
+
+	set_group_tag(&tag, required_group_key(fcinfo), SOR_LOCK_GROUP);
+	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+	sor_wake_workers_at_commit();
+	PG_RETURN_VOID();
+}
+
+/* Take a group's consumer lock if it is free; it is kept until commit. */
+static bool
+try_lock_group(const char *group_key)
+{
+	LOCKTAG		tag;
+
+	set_group_tag(&tag, group_key, SOR_LOCK_GROUP);
+	return LockAcquire(&tag, ExclusiveLock, false, true) != LOCKACQUIRE_NOT_AVAIL;
+}
+
+/*
+ * Reset search_path and apply the settings a fresh connection of role to
+ * this database would get, in the current GUC nesting level.
+ */
+static void
+apply_role_settings(Oid role)
+{
+	Relation	rel;
+	Snapshot	snapshot;
+
+	(void) set_config_option("search_path", "\"$user\", public",
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SET,
+							 true, 0, false);
+	rel = table_open(DbRoleSettingRelationId, AccessShareLock);
+	snapshot = RegisterSnapshot(GetCatalogSnapshot(DbRoleSettingRelationId));
+	/* least specific first: later ones win */
+	ApplySetting(snapshot, MyDatabaseId, InvalidOid, rel, PGC_S_SESSION);
+	ApplySetting(snapshot, InvalidOid, role, rel, PGC_S_SESSION);
+	ApplySetting(snapshot, MyDatabaseId, role, rel, PGC_S_SESSION);
+	UnregisterSnapshot(snapshot);
+	table_close(rel, AccessShareLock);
+}
+
+/* Call the command's handler as its role; errors propagate. */
+static void
+call_handler(Command *command)
+{
+	Oid			handler;
+	AclResult	aclresult;
+	Oid			save_userid;
+	int			save_sec_context;
+	int			nestlevel;
+	FmgrInfo	flinfo;
+
+	LOCAL_FCINFO(call, 1);
+
+	handler = DatumGetObjectId(DirectFunctionCall1(regprocedurein,
+												   CStringGetDatum(command->handler)));
+	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(command->role)))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("role %u that enqueued the command no longer exists",
+						command->role)));
+#if PG_VERSION_NUM >= 160000
+	aclresult = object_aclcheck(ProcedureRelationId, handler, command->role, ACL_EXECUTE);
+#else
+	aclresult = pg_proc_aclcheck(handler, command->role, ACL_EXECUTE);
+#endif
+	if (aclresult != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("role \"%s\" may no longer execute function %s",
+						GetUserNameFromId(command->role, false), command->handler)));
+
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(command->role,
+						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	nestlevel = NewGUCNestLevel();
+	apply_role_settings(command->role);
+
+	fmgr_info(handler, &flinfo);
+	InitFunctionCallInfoData(*call, &flinfo, 1, InvalidOid, NULL, NULL);
+	call->args[0].value = command->payload;
+	call->args[0].isnull = false;
+	PushActiveSnapshot(GetTransactionSnapshot());
+	(void) FunctionCallInvoke(call);
+	PopActiveSnapshot();
+
+	/* whatever the handler SET is thrown away, like its role */
+	AtEOXact_GUC(false, nestlevel);
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+}
+
+/*
+ * Run one command in a subtransaction together with the deletion of its
+ * queue row.  Returns NULL when it committed, else the error message (and
+ * the subtransaction is rolled back).  A cancel or a termination is not the
+ * handler's failure: it propagates.
+ */
+static char *
+run_command(Command *command)
+{
+	MemoryContext oldcontext = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	char	   *volatile error = NULL;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcontext);
+	PG_TRY();
+	{
+		Datum		id = Int64GetDatum(command->id);
+
+		call_handler(command);
+		if (SPI_execute_plan(plan_done, &id, NULL, false, 0) != SPI_OK_DELETE ||
+			SPI_processed != 1)
+			elog(ERROR, "command " INT64_FORMAT " was run by another consumer",
+				 command->id);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcontext);
+		CurrentResourceOwner = oldowner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcontext);
+		edata = CopyErrorData();
+		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
+			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
+			PG_RE_THROW();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcontext);
+		CurrentResourceOwner = oldowner;
+		error = psprintf("%s: %s", unpack_sql_state(edata->sqlerrcode),
+						 edata->message);
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	CommandCounterIncrement();
+	return error;
+}
+
+/* Delay before attempt n + 1 of a command that failed n times. */
+static int64
+backoff_ms(int attempts)
+{
+	int64		delay = sor_retry_backoff;
+
+	while (--attempts > 0 && delay < sor_retry_backoff_max)
+		delay *= 2;
+	return Min(delay, (int64) sor_retry_backoff_max);
+}
+
+/*
+ * Run up to limit commands of a group whose consumer lock this transaction
+ * holds, in order, stopping at the first failure.  With a valid invoker
+ * (sor.drain()), stop at the first command of a role the invoker does not
+ * act for.  Returns how many committed.
+ */
+static int
+run_group(const char *group_key, int limit, Oid invoker)
+{
+	Datum		args[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
+	Command    *commands;
+	uint64		n;
+	int			done = 0;
+	bool		failed = false;
+	bool		parked = false;
+	int64		delay = 0;
+	TimestampTz now;
+
+	/*
+	 * Not read-only: a new snapshot, taken now that the group's lock is
+	 * held, sees the work of the consumer that held it before.
+	 */
+	args[0] = CStringGetTextDatum(group_key);
+	args[1] = Int32GetDatum(limit);
+	if (SPI_execute_plan(plan_commands, args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the commands of group \"%s\"", group_key);
+
+	n = SPI_processed;
+	commands = palloc(sizeof(Command) * (n + 1));
+	for (uint64 i = 0; i < n; i++)
+	{
+		HeapTuple	tuple = SPI_tuptable->vals[i];
+		TupleDesc	tupdesc = SPI_tuptable->tupdesc;
+		bool		isnull;
+
+		commands[i].id = DatumGetInt64(SPI_getbinval(tuple, tupdesc, 1, &isnull));
+		commands[i].handler = SPI_getvalue(tuple, tupdesc, 2);
+		commands[i].payload = datumCopy(SPI_getbinval(tuple, tupdesc, 3, &isnull),
+										false, -1);
+		commands[i].role = DatumGetObjectId(SPI_getbinval(tuple, tupdesc, 4, &isnull));
+	}
+	SPI_freetuptable(SPI_tuptable);
+
+	for (uint64 i = 0; i < n; i++)
+	{
+		char	   *error;
+
+		CHECK_FOR_INTERRUPTS();
+		if (OidIsValid(invoker) && !has_privs_of_role(invoker, commands[i].role))
+			break;
+		error = run_command(&commands[i]);
+		if (error == NULL)
+		{
+			done++;
+			continue;
+		}
+
+		/* record the failure; the group waits, or is parked */
+		{
+			Datum		fargs[2];
+			int			attempts;
+			bool		isnull;
+
+			fargs[0] = Int64GetDatum(commands[i].id);
+			fargs[1] = CStringGetTextDatum(error);
+			if (SPI_execute_plan(plan_failed, fargs, NULL, false, 0) != SPI_OK_UPDATE_RETURNING ||
+				SPI_processed != 1)
+				elog(ERROR, "could not record the failure of command " INT64_FORMAT,
+					 commands[i].id);
+			attempts = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
+												   SPI_tuptable->tupdesc, 1, &isnull));
+			failed = true;
+			parked = attempts >= sor_retry_limit;
+			delay = backoff_ms(attempts);
+			ereport(LOG,
+					(errmsg("sor command " INT64_FORMAT " of group \"%s\" failed (attempt %d of %d): %s",
+							commands[i].id, group_key, attempts, sor_retry_limit, error),
+					 parked ? errdetail("The group is parked until sor.retry() or sor.skip().") : 0));
+		}
+		break;
+	}
+
+	if (done == 0 && !failed)
+		return 0;
+
+	now = GetCurrentTimestamp();
+	args[1] = Int64GetDatum((int64) done);
+	args[2] = TimestampTzGetDatum(failed ? TimestampTzPlusMilliseconds(now, delay) : now);
+	args[3] = TimestampTzGetDatum(now);
+	nulls[3] = parked ? ' ' : 'n';
+	if (SPI_execute_plan(plan_group_after, args, nulls, false, 0) != SPI_OK_UPDATE_RETURNING)
+		elog(ERROR, "could not update command group \"%s\"", group_key);
+	if (SPI_processed == 1)
+	{
+		bool		isnull;
+		int64		pending = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+														  SPI_tuptable->tupdesc, 1,
+														  &isnull));
+
+		if (pending == 0 &&
+			SPI_execute_plan(plan_group_delete, args, NULL, false, 0) != SPI_OK_DELETE)
+			elog(ERROR, "could not delete command group \"%s\"", group_key);
+	}
+	return done;
+}
+
+static void
+report_slot(SorWorkerSlot *slot, const char *group_key, int done)
+{
+	if (slot == NULL)
+		return;
+	sor_slot_lock(true);
+	slot->state = group_key ? SOR_SLOT_RUNNING : SOR_SLOT_IDLE;
+	strlcpy(slot->group_key, group_key ? group_key : "", NAMEDATALEN);
+	slot->commands_run += done;
+	sor_slot_unlock();
+}
+
+/*
+ * Run up to max_commands ready commands of up to max_groups groups, in the
+ * current transaction (SPI connected, a snapshot active).  invoker: see
+ * run_group.  When nothing ran and next_due_ms is given, it is set to the
+ * milliseconds until a group in backoff is due (-1: none).
+ */
+int
+sor_run_commands(int max_commands, int max_groups, Oid invoker,
+				 SorWorkerSlot *slot, long *next_due_ms)
+{
+	int			ran = 0;
+	int			groups = 0;
+	bool		progress = true;
+
+	prepare_plans();
+
+	while (progress && ran < max_commands && groups < max_groups)
+	{
+		Datum		limit = Int32GetDatum(SOR_CANDIDATE_GROUPS);
+		char	  **keys;
+		uint64		n;
+
+		progress = false;
+		if (SPI_execute_plan(plan_ready_groups, &limit, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not read the command groups");
+		n = SPI_processed;
+		keys = palloc(sizeof(char *) * (n + 1));
+		for (uint64 i = 0; i < n; i++)
+			keys[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+		SPI_freetuptable(SPI_tuptable);
+
+		for (uint64 i = 0; i < n && ran < max_commands && groups < max_groups; i++)
+		{
+			int			done;
+
+			if (!try_lock_group(keys[i]))
+				continue;
+			report_slot(slot, keys[i], 0);
+			done = run_group(keys[i], Min(sor_batch_size, max_commands - ran), invoker);
+			report_slot(slot, NULL, done);
+			ran += done;
+			groups++;
+			if (done > 0)
+				progress = true;
+		}
+	}
+
+	if (ran == 0 && next_due_ms != NULL)
+	{
+		bool		isnull;
+		Datum		due;
+
+		*next_due_ms = -1;
+		if (SPI_execute_plan(plan_next_due, NULL, NULL, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not read the command groups");
+		due = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		if (!isnull)
+		{
+			long		ms = TimestampDifferenceMilliseconds(GetCurrentTimestamp(),
+															 DatumGetTimestampTz(due));
+
+			*next_due_ms = Max(ms, 1);
+		}
+		SPI_freetuptable(SPI_tuptable);
+	}
+	return ran;
+}
+
+/*
+ * sor.drain_impl(max_commands integer, invoker oid) returns integer
+ *
+ * sor.drain(): run ready commands in the calling session and transaction,
+ * under the same locks and rules as the workers, but only commands that
+ * roles the caller acts for enqueued.  SECURITY DEFINER, called through
+ * sor_call_with_invoker.
+ */
+PG_FUNCTION_INFO_V1(sor_drain_impl);
+Datum
+sor_drain_impl(PG_FUNCTION_ARGS)
+{
+	int			max_commands = PG_ARGISNULL(0) ? PG_INT32_MAX : PG_GETARG_INT32(0);
+	Oid			invoker = PG_GETARG_OID(1);
+	int			ran;
+
+	if (max_commands < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_commands must not be negative")));
+	if (IsolationUsesXactSnapshot())
+		ereport(ERROR,
+				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+				 errmsg("sor.drain() cannot run in a REPEATABLE READ or SERIALIZABLE transaction"),
+				 errdetail("It must see the commands that other consumers ran after the transaction began.")));
+	if (max_commands == 0)
+		PG_RETURN_INT32(0);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	ran = sor_run_commands(max_commands, PG_INT32_MAX, invoker, NULL, NULL);
+	SPI_finish();
+	PG_RETURN_INT32(ran);
+}
