@@ -3,9 +3,7 @@
 --
 \set SHOW_CONTEXT never
 -- without shared_preload_libraries there are no workers, and sor says so
-SET client_min_messages = notice;
 CREATE EXTENSION sor;
-RESET client_min_messages;
 SELECT e.extversion, n.nspname
   FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
  WHERE e.extname = 'sor';

@@ -224,7 +224,7 @@ Datum
 sor_notify_launcher(PG_FUNCTION_ARGS)
 {
 	if (shared == NULL)
-		ereport(NOTICE,
+		ereport(WARNING,
 				(errmsg("sor background workers are not running"),
 				 errdetail("The enforcement of ownership works as it is; queued commands run only when sor.drain() is called."),
 				 errhint("Add sor to shared_preload_libraries and restart the server to have workers run the commands.")));
