@@ -1,0 +1,169 @@
+--
+-- The command queue without background workers: enqueue, drain, failures,
+-- retry, skip, the rights a handler runs with, and bad input.
+--
+\set SHOW_CONTEXT never
+CREATE TABLE cmd_log (
+    id      integer GENERATED ALWAYS AS IDENTITY,
+    g       text,
+    n       integer,
+    who     name,
+    path    text
+);
+GRANT INSERT ON cmd_log TO PUBLIC;
+CREATE FUNCTION log_cmd(p jsonb) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO cmd_log (g, n, who, path)
+    VALUES (p->>'g', (p->>'n')::integer, current_user,
+            current_setting('search_path'));
+END
+$$;
+CREATE TABLE flaky_switch (failing boolean);
+INSERT INTO flaky_switch VALUES (true);
+GRANT SELECT ON flaky_switch TO PUBLIC;
+CREATE FUNCTION flaky(p jsonb) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO cmd_log (g, n, who) VALUES (p->>'g', (p->>'n')::integer, current_user);
+    IF (SELECT failing FROM flaky_switch) THEN
+        RAISE EXCEPTION 'command % of group % failed', p->>'n', p->>'g';
+    END IF;
+END
+$$;
+
+-- commands of two groups; each group runs in the order of its commands
+SELECT sor.enqueue('a', 'log_cmd(jsonb)', '{"g": "a", "n": 1}') > 0 AS enqueued;
+SELECT sor.enqueue('b', 'log_cmd(jsonb)', '{"g": "b", "n": 1}') > 0 AS enqueued;
+SELECT sor.enqueue('a', 'log_cmd(jsonb)', '{"g": "a", "n": 2}') > 0 AS enqueued;
+SELECT sor.enqueue('a', 'log_cmd(jsonb)', '{"g": "a", "n": 3}') > 0 AS enqueued;
+SELECT group_key, pending, parked_at, head_attempts FROM sor.queue ORDER BY 1;
+-- nothing runs while nobody drains (no workers here)
+SELECT count(*) AS ran FROM cmd_log;
+SELECT sor.drain(0);
+SELECT sor.drain(2);
+SELECT sor.drain();
+SELECT sor.drain();
+SELECT g, n, who, path FROM cmd_log ORDER BY id;
+SELECT count(*) AS waiting FROM sor.command;
+SELECT count(*) AS groups FROM sor.command_group;
+
+-- a command enqueued in a transaction that rolls back does not exist
+BEGIN;
+SELECT sor.enqueue('a', 'log_cmd(jsonb)', '{"g": "a", "n": 99}') > 0 AS enqueued;
+ROLLBACK;
+SELECT sor.drain();
+
+-- a failing command is rolled back alone and recorded; its group waits
+-- (later commands of it too, since order matters); other groups go on
+TRUNCATE cmd_log;
+SELECT sor.enqueue('f', 'flaky(jsonb)', '{"g": "f", "n": 1}') AS flaky_id \gset
+SELECT sor.enqueue('f', 'log_cmd(jsonb)', '{"g": "f", "n": 2}') > 0 AS enqueued;
+SELECT sor.enqueue('h', 'log_cmd(jsonb)', '{"g": "h", "n": 1}') > 0 AS enqueued;
+SELECT sor.drain();
+SELECT g, n FROM cmd_log ORDER BY id;
+SELECT id = :flaky_id AS is_flaky, group_key, attempts, last_error, parked
+  FROM sor.failed_commands;
+SELECT group_key, pending, next_attempt_at > now() AS backing_off, parked_at
+  FROM sor.queue;
+-- in backoff: nothing to run yet
+SELECT sor.drain();
+-- sor.retry makes it ready at once, with a fresh set of attempts
+SELECT sor.retry('f');
+SELECT sor.drain();
+SELECT attempts, last_error FROM sor.failed_commands;
+-- fixed: the retry runs the group to its end, in order
+UPDATE flaky_switch SET failing = false;
+SELECT sor.retry('f');
+SELECT sor.drain();
+SELECT g, n FROM cmd_log ORDER BY id;
+SELECT count(*) AS waiting FROM sor.command;
+
+-- sor.skip takes a command out; it stays visible
+UPDATE flaky_switch SET failing = true;
+SELECT sor.enqueue('s', 'flaky(jsonb)', '{"g": "s", "n": 1}') AS skip_id \gset
+SELECT sor.enqueue('s', 'log_cmd(jsonb)', '{"g": "s", "n": 2}') > 0 AS enqueued;
+SELECT sor.drain();
+SELECT sor.skip(:skip_id);
+SELECT sor.drain();
+SELECT id = :skip_id AS is_skipped, group_key, handler, payload, attempts,
+       last_error, skipped_by
+  FROM sor.skipped_command;
+SELECT g, n FROM cmd_log WHERE g = 's' ORDER BY id;
+
+-- a handler runs as the role that enqueued it, with that role's settings
+-- and the default search_path, whoever drains
+CREATE ROLE queue_user;
+CREATE ROLE queue_other;
+ALTER ROLE queue_other SET search_path = pg_catalog, public;
+TRUNCATE cmd_log;
+SET ROLE queue_user;
+SELECT sor.enqueue('r', 'log_cmd(jsonb)', '{"g": "r", "n": 1}') > 0 AS enqueued;
+RESET ROLE;
+SET ROLE queue_other;
+SELECT sor.enqueue('r', 'log_cmd(jsonb)', '{"g": "r", "n": 2}') > 0 AS enqueued;
+RESET ROLE;
+-- sor.drain() runs only the commands of roles the caller acts for; the
+-- group waits at the first command it may not run
+SET ROLE queue_other;
+SELECT sor.drain();
+RESET ROLE;
+SET search_path = pg_catalog;
+SELECT sor.drain();
+RESET search_path;
+SELECT g, n, who, path FROM cmd_log ORDER BY id;
+
+-- a role cannot make a command run with rights it has not: the handler
+-- runs as the role, and fails where the role may not write
+CREATE TABLE guarded (n integer);
+CREATE FUNCTION write_guarded(p jsonb) RETURNS void LANGUAGE sql
+    AS $$ INSERT INTO guarded VALUES ((p->>'n')::integer) $$;
+SET ROLE queue_user;
+SELECT sor.enqueue('w', 'write_guarded(jsonb)', '{"n": 1}') > 0 AS enqueued;
+RESET ROLE;
+SELECT sor.drain();
+SELECT group_key, attempts, last_error FROM sor.failed_commands;
+SELECT count(*) AS written FROM guarded;
+SELECT sor.skip(id) FROM sor.command WHERE group_key = 'w';
+
+-- bad input changes nothing
+CREATE FUNCTION two_args(a jsonb, b jsonb) RETURNS void LANGUAGE sql AS $$ SELECT $$;
+CREATE FUNCTION returns_set(p jsonb) RETURNS SETOF integer LANGUAGE sql AS $$ SELECT 1 $$;
+CREATE PROCEDURE a_procedure(p jsonb) LANGUAGE sql AS $$ SELECT $$;
+CREATE FUNCTION secret_handler(p jsonb) RETURNS void LANGUAGE sql AS $$ SELECT $$;
+REVOKE EXECUTE ON FUNCTION secret_handler(jsonb) FROM PUBLIC;
+SELECT sor.enqueue(NULL, 'log_cmd(jsonb)', '{}');
+SELECT sor.enqueue('', 'log_cmd(jsonb)', '{}');
+SELECT sor.enqueue('x', NULL, '{}');
+SELECT sor.enqueue('x', 'log_cmd(jsonb)', NULL);
+SELECT sor.enqueue('x', 'no_such_handler(jsonb)', '{}');
+SELECT sor.enqueue('x', 'abs(integer)', '{}');
+SELECT sor.enqueue('x', 'two_args(jsonb, jsonb)', '{}');
+SELECT sor.enqueue('x', 'returns_set(jsonb)', '{}');
+SELECT sor.enqueue('x', 'a_procedure(jsonb)', '{}');
+SET ROLE queue_user;
+SELECT sor.enqueue('x', 'secret_handler(jsonb)', '{}');
+SELECT sor.retry('f');
+SELECT sor.skip(1);
+RESET ROLE;
+SELECT sor.drain(-1);
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT sor.drain();
+ROLLBACK;
+SELECT sor.retry(NULL);
+SELECT sor.retry('');
+SELECT sor.retry('no_such_group');
+SELECT sor.skip(NULL);
+SELECT sor.skip(999999);
+SELECT count(*) AS waiting FROM sor.command;
+
+-- the queue tables are not for ordinary roles
+SET ROLE queue_user;
+SELECT count(*) FROM sor.command;
+INSERT INTO sor.command_group VALUES ('x', 1);
+SELECT group_key FROM sor.queue;
+RESET ROLE;
+
+DROP TABLE cmd_log, flaky_switch, guarded;
+DROP FUNCTION log_cmd(jsonb), flaky(jsonb), write_guarded(jsonb),
+    two_args(jsonb, jsonb), returns_set(jsonb), secret_handler(jsonb);
+DROP PROCEDURE a_procedure(jsonb);
+DROP ROLE queue_user, queue_other;
