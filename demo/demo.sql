@@ -54,3 +54,17 @@ SELECT sor.set_local_site('london', force => true);
 UPDATE customer SET name = 'Olivier' WHERE id = 2;
 UPDATE customer SET name = 'Amelie L.' WHERE id = 1;
 SELECT * FROM customer ORDER BY id;
+
+\echo
+\echo '== 9. A command: a change to a record, posted for its group; a background'
+\echo '==    worker runs it moments after the commit, as the role that posted it'
+CREATE FUNCTION rename_customer(p jsonb) RETURNS void LANGUAGE sql AS $$
+    UPDATE customer SET name = p->>'name' WHERE id = (p->>'id')::bigint
+$$;
+SELECT sor.enqueue('customer:2', 'rename_customer(jsonb)',
+                   '{"id": 2, "name": "Olivier B."}') AS command_id;
+SELECT pg_sleep(0.2);
+SELECT * FROM customer ORDER BY id;
+SELECT pid, state, commands_run FROM sor.workers ORDER BY pid;
+SELECT backend_type, datname FROM pg_stat_activity
+ WHERE backend_type LIKE 'sor%' ORDER BY 1;
