@@ -243,6 +243,28 @@ AS $$
      WHERE c.oid OPERATOR(pg_catalog.=) rel
 $$;
 
+-- The start of every change of one record's owner: the domain, the local
+-- site and the key in canonical form, checked; the record's hand-off lock,
+-- taken (waiting for its open writers); then its current owner and epoch.
+CREATE FUNCTION @extschema@.begin_handoff(domain text, key text,
+                                          OUT d @extschema@.domain,
+                                          OUT k text, OUT local text,
+                                          OUT site text, OUT epoch bigint)
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cur record;
+BEGIN
+    d := @extschema@.existing_domain(domain);
+    local := @extschema@.required_local_site();
+    k := @extschema@.canonical_key(d.name, @extschema@.required(key, 'key'));
+    PERFORM @extschema@.lock_record_for_handoff(d.name, k);
+    cur := @extschema@.current_owner(d, k);
+    site := cur.site;
+    epoch := cur.epoch;
+END
+$$;
+
 -- The registered table (or registered ancestor) that covers rel, or NULL.
 CREATE FUNCTION @extschema@.registered_root(rel regclass) RETURNS regclass
     LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
@@ -701,24 +723,18 @@ CREATE FUNCTION @extschema@.claim_impl(domain text, key text, invoker oid)
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    d @extschema@.domain := @extschema@.existing_domain(domain);
-    local text := @extschema@.required_local_site();
-    k text;
-    cur record;
+    r record := @extschema@.begin_handoff(domain, key);
 BEGIN
-    k := @extschema@.canonical_key(d.name, @extschema@.required(key, 'key'));
-    PERFORM @extschema@.lock_record_for_handoff(d.name, k);
-    cur := @extschema@.current_owner(d, k);
-    IF cur.site = local THEN
-        RAISE EXCEPTION 'key "%" of domain "%" is already owned by this site ("%")', k, d.name, local
+    IF r.site = r.local THEN
+        RAISE EXCEPTION 'key "%" of domain "%" is already owned by this site ("%")', r.k, (r.d).name, r.local
             USING ERRCODE = 'duplicate_object';
-    ELSIF cur.site IS NOT NULL THEN
-        RAISE EXCEPTION 'cannot claim key "%" of domain "%": it is owned by site "%"', k, d.name, cur.site
+    ELSIF r.site IS NOT NULL THEN
+        RAISE EXCEPTION 'cannot claim key "%" of domain "%": it is owned by site "%"', r.k, (r.d).name, r.site
             USING ERRCODE = 'SR001',
-                  HINT = format('Have site "%s" transfer it with sor.transfer().', cur.site);
+                  HINT = format('Have site "%s" transfer it with sor.transfer().', r.site);
     END IF;
-    PERFORM @extschema@.set_owner(d, k, 'claim', NULL, local, cur.epoch + 1, invoker);
-    RETURN cur.epoch + 1;
+    PERFORM @extschema@.set_owner(r.d, r.k, 'claim', NULL, r.local, r.epoch + 1, invoker);
+    RETURN r.epoch + 1;
 END
 $$;
 
@@ -732,32 +748,28 @@ CREATE FUNCTION @extschema@.transfer_impl(domain text, key text, to_site text,
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    d @extschema@.domain := @extschema@.existing_domain(domain);
-    local text := @extschema@.required_local_site();
-    k text;
-    cur record;
+    r record;
 BEGIN
-    k := @extschema@.canonical_key(d.name, @extschema@.required(key, 'key'));
     PERFORM @extschema@.existing_site(to_site, 'target site');
-    IF to_site = local THEN
-        RAISE EXCEPTION 'cannot transfer key "%" of domain "%" to the local site "%"', k, d.name, local
+    IF to_site = @extschema@.local_site() THEN
+        RAISE EXCEPTION 'cannot transfer key "%" of domain "%" to the local site "%"',
+                        key, domain, to_site
             USING ERRCODE = 'invalid_parameter_value',
                   DETAIL = 'A transfer hands a record this site owns to another site.';
     END IF;
-    PERFORM @extschema@.lock_record_for_handoff(d.name, k);
-    cur := @extschema@.current_owner(d, k);
-    IF cur.site IS NULL THEN
-        RAISE EXCEPTION 'cannot transfer key "%" of domain "%": the record has no owner', k, d.name
+    r := @extschema@.begin_handoff(domain, key);
+    IF r.site IS NULL THEN
+        RAISE EXCEPTION 'cannot transfer key "%" of domain "%": the record has no owner', r.k, (r.d).name
             USING ERRCODE = 'SR002',
                   HINT = 'Claim it with sor.claim() first.';
-    ELSIF cur.site <> local THEN
-        RAISE EXCEPTION 'cannot transfer key "%" of domain "%": it is owned by site "%"', k, d.name, cur.site
+    ELSIF r.site <> r.local THEN
+        RAISE EXCEPTION 'cannot transfer key "%" of domain "%": it is owned by site "%"', r.k, (r.d).name, r.site
             USING ERRCODE = 'SR001',
-                  DETAIL = format('Only the owner transfers a record; this is site "%s".', local),
-                  HINT = format('Call sor.transfer() at site "%s".', cur.site);
+                  DETAIL = format('Only the owner transfers a record; this is site "%s".', r.local),
+                  HINT = format('Call sor.transfer() at site "%s".', r.site);
     END IF;
-    PERFORM @extschema@.set_owner(d, k, 'transfer', local, to_site, cur.epoch + 1, invoker);
-    RETURN cur.epoch + 1;
+    PERFORM @extschema@.set_owner(r.d, r.k, 'transfer', r.local, to_site, r.epoch + 1, invoker);
+    RETURN r.epoch + 1;
 END
 $$;
 
@@ -769,24 +781,18 @@ CREATE FUNCTION @extschema@.takeover_impl(domain text, key text, invoker oid)
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    d @extschema@.domain := @extschema@.existing_domain(domain);
-    local text := @extschema@.required_local_site();
-    k text;
-    cur record;
+    r record := @extschema@.begin_handoff(domain, key);
 BEGIN
-    k := @extschema@.canonical_key(d.name, @extschema@.required(key, 'key'));
-    PERFORM @extschema@.lock_record_for_handoff(d.name, k);
-    cur := @extschema@.current_owner(d, k);
-    IF cur.site IS NULL THEN
-        RAISE EXCEPTION 'cannot take over key "%" of domain "%": the record has no owner', k, d.name
+    IF r.site IS NULL THEN
+        RAISE EXCEPTION 'cannot take over key "%" of domain "%": the record has no owner', r.k, (r.d).name
             USING ERRCODE = 'SR002',
                   HINT = 'Claim it with sor.claim().';
-    ELSIF cur.site = local THEN
-        RAISE EXCEPTION 'key "%" of domain "%" is already owned by this site ("%")', k, d.name, local
+    ELSIF r.site = r.local THEN
+        RAISE EXCEPTION 'key "%" of domain "%" is already owned by this site ("%")', r.k, (r.d).name, r.local
             USING ERRCODE = 'duplicate_object';
     END IF;
-    PERFORM @extschema@.set_owner(d, k, 'takeover', cur.site, local, cur.epoch + 1, invoker);
-    RETURN cur.epoch + 1;
+    PERFORM @extschema@.set_owner(r.d, r.k, 'takeover', r.site, r.local, r.epoch + 1, invoker);
+    RETURN r.epoch + 1;
 END
 $$;
 
