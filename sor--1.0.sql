@@ -930,11 +930,14 @@ CREATE TABLE @extschema@.command (
 );
 CREATE INDEX command_group_key_id ON @extschema@.command (group_key, id);
 
--- One row per group with commands waiting: when its head may run next,
--- and whether it is parked after too many failures.
+-- One row per group that has, or recently had, commands waiting: when its
+-- first command may run next, and whether it is parked after too many
+-- failures.  A producer holds a KEY SHARE lock on its group's row until it
+-- commits; consumers change only non-key columns, so neither waits for the
+-- other.  Rows of groups left without commands are deleted by
+-- forget_empty_groups().
 CREATE TABLE @extschema@.command_group (
     group_key       text COLLATE "C" PRIMARY KEY,
-    pending         bigint NOT NULL CHECK (pending >= 0),
     next_attempt_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
     parked_at       timestamptz
 );
@@ -961,16 +964,18 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.skipped_command', '');
 
 -- Work waiting, per group.
 CREATE VIEW @extschema@.queue AS
-    SELECT g.group_key, g.pending,
+    SELECT g.group_key,
+           (SELECT pg_catalog.count(*) FROM @extschema@.command c
+             WHERE c.group_key OPERATOR(pg_catalog.=) g.group_key) AS pending,
            h.enqueued_at AS oldest_enqueued_at,
            pg_catalog.now() OPERATOR(pg_catalog.-) h.enqueued_at AS oldest_age,
            g.next_attempt_at, g.parked_at,
            h.attempts AS head_attempts, h.last_error AS head_last_error
       FROM @extschema@.command_group g
-      LEFT JOIN LATERAL (SELECT c.enqueued_at, c.attempts, c.last_error
-                           FROM @extschema@.command c
-                          WHERE c.group_key OPERATOR(pg_catalog.=) g.group_key
-                          ORDER BY c.id LIMIT 1) h ON true;
+      JOIN LATERAL (SELECT c.enqueued_at, c.attempts, c.last_error
+                      FROM @extschema@.command c
+                     WHERE c.group_key OPERATOR(pg_catalog.=) g.group_key
+                     ORDER BY c.id LIMIT 1) h ON true;
 
 -- Commands that failed at least once and wait to be retried or skipped.
 CREATE VIEW @extschema@.failed_commands AS
@@ -983,7 +988,9 @@ CREATE VIEW @extschema@.failed_commands AS
 
 -- Groups that stopped after their head command failed too often.
 CREATE VIEW @extschema@.parked_groups AS
-    SELECT g.group_key, g.parked_at, g.pending,
+    SELECT g.group_key, g.parked_at,
+           (SELECT pg_catalog.count(*) FROM @extschema@.command c
+             WHERE c.group_key OPERATOR(pg_catalog.=) g.group_key) AS pending,
            h.id AS command_id, h.handler, h.attempts, h.last_error
       FROM @extschema@.command_group g
       LEFT JOIN LATERAL (SELECT c.id, c.handler, c.attempts, c.last_error
@@ -1018,6 +1025,35 @@ CREATE FUNCTION @extschema@.lock_group_for_change(group_key text) RETURNS void
 -- Wake the launcher when the transaction commits (CREATE EXTENSION).
 CREATE FUNCTION @extschema@.notify_launcher() RETURNS void
     LANGUAGE C AS 'MODULE_PATHNAME', 'sor_notify_launcher';
+
+-- Delete the rows of up to max_groups groups that have no commands left,
+-- skipping groups whose producers are still open.  Locks first, then looks
+-- again under a new snapshot: a producer that committed in between is seen.
+-- Returns how many rows went.  Internal.
+CREATE FUNCTION @extschema@.forget_empty_groups(max_groups integer)
+    RETURNS integer
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    keys text[];
+    forgotten integer;
+BEGIN
+    SELECT array_agg(e.group_key) INTO keys
+      FROM (SELECT g.group_key FROM @extschema@.command_group g
+             WHERE NOT EXISTS (SELECT FROM @extschema@.command c
+                                WHERE c.group_key = g.group_key)
+             LIMIT max_groups FOR UPDATE SKIP LOCKED) e;
+    IF keys IS NULL THEN
+        RETURN 0;
+    END IF;
+    DELETE FROM @extschema@.command_group g
+     WHERE g.group_key = ANY (keys)
+       AND NOT EXISTS (SELECT FROM @extschema@.command c
+                        WHERE c.group_key = g.group_key);
+    GET DIAGNOSTICS forgotten = ROW_COUNT;
+    RETURN forgotten;
+END
+$$;
 
 CREATE FUNCTION @extschema@.enqueue(group_key text, handler regprocedure,
                                     payload jsonb DEFAULT '{}')
@@ -1060,10 +1096,12 @@ BEGIN
     INSERT INTO @extschema@.command (group_key, handler, payload, enqueued_by)
     VALUES (group_key, handler::text, payload, invoker)
     RETURNING id INTO command_id;
-    INSERT INTO @extschema@.command_group AS g (group_key, pending)
-    VALUES (group_key, 1)
-    ON CONFLICT ON CONSTRAINT command_group_pkey
-    DO UPDATE SET pending = g.pending + 1;
+    -- keep the group's row from being forgotten until this commits
+    PERFORM FROM @extschema@.command_group g
+      WHERE g.group_key = enqueue_impl.group_key FOR KEY SHARE;
+    IF NOT FOUND THEN
+        INSERT INTO @extschema@.command_group (group_key) VALUES (group_key);
+    END IF;
     RETURN command_id;
 END
 $$;
@@ -1089,7 +1127,9 @@ BEGIN
     PERFORM @extschema@.lock_group_for_change(group_key);
     UPDATE @extschema@.command_group g
        SET parked_at = NULL, next_attempt_at = pg_catalog.now()
-     WHERE g.group_key = retry_impl.group_key;
+     WHERE g.group_key = retry_impl.group_key
+       AND EXISTS (SELECT FROM @extschema@.command c
+                    WHERE c.group_key = retry_impl.group_key);
     IF NOT FOUND THEN
         RAISE EXCEPTION 'group "%" has no commands waiting', group_key
             USING ERRCODE = 'undefined_object';
@@ -1110,19 +1150,23 @@ CREATE FUNCTION @extschema@.skip_impl(command_id bigint, invoker oid)
 AS $$
 DECLARE
     c @extschema@.command;
+    g text;
 BEGIN
     IF command_id IS NULL THEN
         RAISE EXCEPTION 'command id must not be null'
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    SELECT * INTO c FROM @extschema@.command WHERE id = command_id;
-    IF NOT FOUND THEN
+    SELECT group_key INTO g FROM @extschema@.command WHERE id = command_id;
+    IF FOUND THEN
+        -- wait for a consumer that runs the group now, then look again
+        PERFORM @extschema@.lock_group_for_change(g);
+        SELECT * INTO c FROM @extschema@.command WHERE id = command_id;
+    END IF;
+    IF c.id IS NULL THEN
         RAISE EXCEPTION 'command % is not waiting in the queue', command_id
             USING ERRCODE = 'undefined_object',
                   HINT = 'It may have run already, or been skipped before (see sor.skipped_command).';
     END IF;
-    -- wait for a consumer that is running the group right now
-    PERFORM @extschema@.lock_group_for_change(c.group_key);
     DELETE FROM @extschema@.command WHERE id = command_id;
     INSERT INTO @extschema@.skipped_command
            (id, group_key, handler, payload, enqueued_by, enqueued_at,
@@ -1130,12 +1174,9 @@ BEGIN
     VALUES (c.id, c.group_key, c.handler, c.payload, c.enqueued_by,
             c.enqueued_at, c.attempts, c.last_error,
             (SELECT rolname FROM pg_roles WHERE oid = invoker));
-    UPDATE @extschema@.command_group g
-       SET pending = g.pending - 1, parked_at = NULL,
-           next_attempt_at = pg_catalog.now()
-     WHERE g.group_key = c.group_key;
-    DELETE FROM @extschema@.command_group g
-     WHERE g.group_key = c.group_key AND g.pending = 0;
+    UPDATE @extschema@.command_group cg
+       SET parked_at = NULL, next_attempt_at = pg_catalog.now()
+     WHERE cg.group_key = c.group_key;
 END
 $$;
 

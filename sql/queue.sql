@@ -158,7 +158,7 @@ SELECT count(*) AS waiting FROM sor.command;
 -- the queue tables are not for ordinary roles
 SET ROLE queue_user;
 SELECT count(*) FROM sor.command;
-INSERT INTO sor.command_group VALUES ('x', 1);
+INSERT INTO sor.command_group (group_key) VALUES ('x');
 SELECT group_key FROM sor.queue;
 RESET ROLE;
 

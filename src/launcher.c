@@ -14,10 +14,10 @@
  * keep dying, up to SOR_RESTART_DELAY_MAX_MS.
  *
  * Workers sleep on their latch.  A transaction that enqueues a command sets
- * a flag; when it commits, the transaction callback sets the latch of every
- * worker of its database, under the lock that keeps the slots' PGPROCs
- * valid.  So a command committed while the workers are idle starts at once;
- * sor.idle_wakeup is only a fallback.
+ * a flag; when it has committed and released its locks, a resource-release
+ * callback sets the latch of every worker of its database, under the lock
+ * that keeps the slots' PGPROCs valid.  So a command committed while the
+ * workers are idle starts at once; sor.idle_wakeup is only a fallback.
  *
  *-------------------------------------------------------------------------
  */
@@ -41,10 +41,12 @@
 #include "storage/proc.h"
 #include "storage/shmem.h"
 #include "tcop/tcopprot.h"
+#include "tcop/utility.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/resowner.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
@@ -58,7 +60,7 @@ typedef struct SorShared
 {
 	LWLock	   *lock;			/* protects everything below */
 	PGPROC	   *launcher;
-	bool		rescan;			/* probe databases without sor again */
+	uint64		rescan_generation;	/* counts CREATE EXTENSION sor commits */
 	int			nslots;
 	SorWorkerSlot slots[FLEXIBLE_ARRAY_MEMBER];
 } SorShared;
@@ -67,6 +69,7 @@ static SorShared *shared = NULL;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+static ProcessUtility_hook_type prev_process_utility_hook = NULL;
 
 /* set during a transaction, acted on at its commit */
 static bool wake_workers_at_commit = false;
@@ -107,45 +110,65 @@ sor_shmem_startup(void)
 	LWLockRelease(AddinShmemInitLock);
 }
 
+/*
+ * At the end of a top-level transaction, once its locks are released (so
+ * that a woken worker finds free the groups that the transaction held), set
+ * the latches that its work asks for.
+ */
 static void
-wake_at_end_of_xact(XactEvent event, void *arg)
+wake_after_locks(ResourceReleasePhase phase, bool isCommit, bool isTopLevel,
+				 void *arg)
 {
-	switch (event)
+	if (phase != RESOURCE_RELEASE_AFTER_LOCKS || !isTopLevel)
+		return;
+	if (isCommit && shared != NULL &&
+		(wake_workers_at_commit || wake_launcher_at_commit))
 	{
-		case XACT_EVENT_COMMIT:
-		case XACT_EVENT_PARALLEL_COMMIT:
-			if (shared != NULL && (wake_workers_at_commit || wake_launcher_at_commit))
+		LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+		if (wake_workers_at_commit)
+		{
+			for (int i = 0; i < shared->nslots; i++)
 			{
-				LWLockAcquire(shared->lock, LW_EXCLUSIVE);
-				if (wake_workers_at_commit)
-				{
-					for (int i = 0; i < shared->nslots; i++)
-					{
-						SorWorkerSlot *slot = &shared->slots[i];
+				SorWorkerSlot *slot = &shared->slots[i];
 
-						if (slot->proc != NULL && slot->dboid == MyDatabaseId)
-							SetLatch(&slot->proc->procLatch);
-					}
-				}
-				if (wake_launcher_at_commit)
-				{
-					shared->rescan = true;
-					if (shared->launcher != NULL)
-						SetLatch(&shared->launcher->procLatch);
-				}
-				LWLockRelease(shared->lock);
+				if (slot->proc != NULL && slot->dboid == MyDatabaseId)
+					SetLatch(&slot->proc->procLatch);
 			}
-			wake_workers_at_commit = false;
-			wake_launcher_at_commit = false;
-			break;
-		case XACT_EVENT_ABORT:
-		case XACT_EVENT_PARALLEL_ABORT:
-			wake_workers_at_commit = false;
-			wake_launcher_at_commit = false;
-			break;
-		default:
-			break;
+		}
+		if (wake_launcher_at_commit)
+		{
+			shared->rescan_generation++;
+			if (shared->launcher != NULL)
+				SetLatch(&shared->launcher->procLatch);
+		}
+		LWLockRelease(shared->lock);
 	}
+	wake_workers_at_commit = false;
+	wake_launcher_at_commit = false;
+}
+
+/*
+ * COMMIT PREPARED finishes a transaction that another session may have
+ * enqueued in: wake the workers, which is cheap, in case it did.
+ */
+static void
+sor_process_utility(PlannedStmt *pstmt, const char *queryString,
+					bool readOnlyTree, ProcessUtilityContext context,
+					ParamListInfo params, QueryEnvironment *queryEnv,
+					DestReceiver *dest, QueryCompletion *qc)
+{
+	Node	   *parsetree = pstmt->utilityStmt;
+
+	if (IsA(parsetree, TransactionStmt) &&
+		((TransactionStmt *) parsetree)->kind == TRANS_STMT_COMMIT_PREPARED)
+		wake_workers_at_commit = true;
+
+	if (prev_process_utility_hook)
+		prev_process_utility_hook(pstmt, queryString, readOnlyTree, context,
+								  params, queryEnv, dest, qc);
+	else
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
+								params, queryEnv, dest, qc);
 }
 
 /* Wake this database's workers when the current transaction commits. */
@@ -164,11 +187,13 @@ sor_launcher_init(void)
 {
 	BackgroundWorker worker;
 
-	RegisterXactCallback(wake_at_end_of_xact, NULL);
+	RegisterResourceReleaseCallback(wake_after_locks, NULL);
 
 	if (!process_shared_preload_libraries_in_progress)
 		return;
 
+	prev_process_utility_hook = ProcessUtility_hook;
+	ProcessUtility_hook = sor_process_utility;
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = sor_shmem_request;
 	prev_shmem_startup_hook = shmem_startup_hook;
@@ -242,6 +267,7 @@ typedef struct KnownDatabase
 	Oid			dboid;			/* hash key */
 	bool		present;		/* seen in the latest scan */
 	bool		no_extension;	/* a worker found no sor there */
+	uint64		probe_generation;	/* rescan_generation when it looked */
 	int			failures;		/* workers that died in a row */
 	TimestampTz next_start;		/* no start before */
 } KnownDatabase;
@@ -278,6 +304,7 @@ list_databases(HTAB *known)
 		if (!found)
 		{
 			db->no_extension = false;
+			db->probe_generation = 0;
 			db->failures = 0;
 			db->next_start = 0;
 		}
@@ -340,6 +367,8 @@ start_worker(int index, Oid dboid)
 static long
 reconcile(HTAB *known)
 {
+	static uint64 seen_generation = 0;
+	uint64		generation;
 	HASH_SEQ_STATUS status;
 	KnownDatabase *db;
 	TimestampTz now = GetCurrentTimestamp();
@@ -356,8 +385,15 @@ reconcile(HTAB *known)
 		LWLockAcquire(shared->lock, LW_EXCLUSIVE);
 		db = hash_search(known, &shared->slots[i].dboid, HASH_FIND, NULL);
 		if (db && shared->slots[i].state == SOR_SLOT_NO_EXTENSION)
-			db->no_extension = true;
-		else if (db)
+		{
+			/*
+			 * Believe it only if no CREATE EXTENSION sor committed since the
+			 * worker started: it may have looked just before one did here.
+			 */
+			if (db->probe_generation == shared->rescan_generation)
+				db->no_extension = true;
+		}
+		else if (db && !db->no_extension)
 		{
 			/* died: start again after a delay that grows while it keeps dying */
 			if (shared->slots[i].started_at != 0 &&
@@ -376,14 +412,22 @@ reconcile(HTAB *known)
 	}
 
 	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
-	if (shared->rescan)
+	generation = shared->rescan_generation;
+	LWLockRelease(shared->lock);
+	if (generation != seen_generation)
 	{
-		shared->rescan = false;
+		seen_generation = generation;
 		hash_seq_init(&status, known);
 		while ((db = hash_seq_search(&status)) != NULL)
-			db->no_extension = false;
+		{
+			if (db->no_extension)
+			{
+				db->no_extension = false;
+				db->failures = 0;
+				db->next_start = 0;
+			}
+		}
 	}
-	LWLockRelease(shared->lock);
 
 	hash_seq_init(&status, known);
 	while ((db = hash_seq_search(&status)) != NULL)
@@ -407,6 +451,7 @@ reconcile(HTAB *known)
 			next = (next < 0 || wait < next) ? wait : next;
 			continue;
 		}
+		db->probe_generation = generation;
 		for (i = 0; i < shared->nslots && running < wanted; i++)
 		{
 			if (handles[i] != NULL)
@@ -426,6 +471,7 @@ sor_launcher_main(Datum main_arg)
 	HASHCTL		ctl;
 	HTAB	   *known;
 	TimestampTz last_scan = 0;
+	uint64		scanned_generation = 0;
 
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -456,8 +502,9 @@ sor_launcher_main(Datum main_arg)
 
 		if (TimestampDifferenceExceeds(last_scan, GetCurrentTimestamp(),
 									   SOR_LAUNCHER_NAPTIME_MS) ||
-			shared->rescan)
+			scanned_generation != shared->rescan_generation)
 		{
+			scanned_generation = shared->rescan_generation;
 			list_databases(known);
 			last_scan = GetCurrentTimestamp();
 		}

@@ -54,8 +54,14 @@
 
 #include "sor.h"
 
-/* How many ready groups one look at the queue considers. */
-#define SOR_CANDIDATE_GROUPS	16
+/* How many ready groups one look at the queue reads; it reads on. */
+#define SOR_CANDIDATE_GROUPS	64
+
+/* How many empty groups' rows one clean-up deletes at most. */
+#define SOR_FORGET_GROUPS		1000
+
+/* True while a handler runs: it may not drain (it would re-enter its group). */
+static bool in_handler = false;
 
 /* One command, copied out of SPI's result. */
 typedef struct Command
@@ -72,7 +78,7 @@ static SPIPlanPtr plan_commands;
 static SPIPlanPtr plan_done;
 static SPIPlanPtr plan_failed;
 static SPIPlanPtr plan_group_after;
-static SPIPlanPtr plan_group_delete;
+static SPIPlanPtr plan_forget;
 
 static SPIPlanPtr
 prepare(const char *sql, int nargs, Oid *argtypes)
@@ -91,19 +97,24 @@ prepare_plans(void)
 {
 	Oid			text_int[2] = {TEXTOID, INT4OID};
 	Oid			int8_text[2] = {INT8OID, TEXTOID};
-	Oid			group_after[4] = {TEXTOID, INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID};
+	Oid			group_after[3] = {TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID};
+	Oid			ready[3] = {INT4OID, TIMESTAMPTZOID, TEXTOID};
 
 	if (plan_ready_groups != NULL)
 		return;
 
+	/* ready groups with commands, in pages after ($2, $3) */
 	plan_ready_groups = prepare(
-		"SELECT group_key FROM sor.command_group"
-		" WHERE parked_at IS NULL AND next_attempt_at <= pg_catalog.clock_timestamp()"
-		" ORDER BY next_attempt_at, group_key LIMIT $1",
-		1, &text_int[1]);
+		"SELECT g.group_key, g.next_attempt_at FROM sor.command_group g"
+		" WHERE g.parked_at IS NULL AND g.next_attempt_at <= pg_catalog.clock_timestamp()"
+		" AND (g.next_attempt_at, g.group_key) > ($2, $3)"
+		" AND EXISTS (SELECT FROM sor.command c WHERE c.group_key = g.group_key)"
+		" ORDER BY g.next_attempt_at, g.group_key LIMIT $1",
+		3, ready);
+	/* the next group in backoff that comes due */
 	plan_next_due = prepare(
 		"SELECT pg_catalog.min(next_attempt_at) FROM sor.command_group"
-		" WHERE parked_at IS NULL",
+		" WHERE parked_at IS NULL AND next_attempt_at > pg_catalog.clock_timestamp()",
 		0, NULL);
 	plan_commands = prepare(
 		"SELECT id, handler, payload, enqueued_by::oid FROM sor.command"
@@ -118,13 +129,12 @@ prepare_plans(void)
 		" WHERE id = $1 RETURNING attempts",
 		2, int8_text);
 	plan_group_after = prepare(
-		"UPDATE sor.command_group SET pending = pending - $2,"
-		" next_attempt_at = $3, parked_at = $4"
-		" WHERE group_key = $1 RETURNING pending",
-		4, group_after);
-	plan_group_delete = prepare(
-		"DELETE FROM sor.command_group WHERE group_key = $1 AND pending = 0",
-		1, text_int);
+		"UPDATE sor.command_group SET next_attempt_at = $2, parked_at = $3"
+		" WHERE group_key = $1",
+		3, group_after);
+	plan_forget = prepare(
+		"SELECT sor.forget_empty_groups($1)",
+		1, &text_int[1]);
 }
 
 static void
@@ -197,8 +207,10 @@ try_lock_group(const char *group_key)
 }
 
 /*
- * Reset search_path and apply the settings a fresh connection of role to
- * this database would get, in the current GUC nesting level.
+ * Reset the session's settings and search_path, and apply the settings a
+ * fresh connection of role to this database would get (ALTER ROLE ALL,
+ * ALTER DATABASE, ALTER ROLE, ALTER ROLE IN DATABASE), in the current GUC
+ * nesting level.
  */
 static void
 apply_role_settings(Oid role)
@@ -206,12 +218,15 @@ apply_role_settings(Oid role)
 	Relation	rel;
 	Snapshot	snapshot;
 
+	/* what the session changed goes (undone with the nesting level) */
+	ResetAllOptions();
 	(void) set_config_option("search_path", "\"$user\", public",
 							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SET,
 							 true, 0, false);
 	rel = table_open(DbRoleSettingRelationId, AccessShareLock);
 	snapshot = RegisterSnapshot(GetCatalogSnapshot(DbRoleSettingRelationId));
 	/* least specific first: later ones win */
+	ApplySetting(snapshot, InvalidOid, InvalidOid, rel, PGC_S_SESSION);
 	ApplySetting(snapshot, MyDatabaseId, InvalidOid, rel, PGC_S_SESSION);
 	ApplySetting(snapshot, InvalidOid, role, rel, PGC_S_SESSION);
 	ApplySetting(snapshot, MyDatabaseId, role, rel, PGC_S_SESSION);
@@ -261,7 +276,9 @@ call_handler(Command *command)
 	call->args[0].value = command->payload;
 	call->args[0].isnull = false;
 	PushActiveSnapshot(GetTransactionSnapshot());
+	in_handler = true;
 	(void) FunctionCallInvoke(call);
+	in_handler = false;
 	PopActiveSnapshot();
 
 	/* whatever the handler SET is thrown away, like its role */
@@ -272,11 +289,12 @@ call_handler(Command *command)
 /*
  * Run one command in a subtransaction together with the deletion of its
  * queue row.  Returns NULL when it committed, else the error message (and
- * the subtransaction is rolled back).  A cancel or a termination is not the
- * handler's failure: it propagates.
+ * the subtransaction is rolled back).  A termination is not the handler's
+ * failure: it propagates; so does a cancel in sor.drain(), where it is the
+ * caller's (in a worker it can only be the handler's statement_timeout).
  */
 static char *
-run_command(Command *command)
+run_command(Command *command, bool in_worker)
 {
 	MemoryContext oldcontext = CurrentMemoryContext;
 	ResourceOwner oldowner = CurrentResourceOwner;
@@ -302,8 +320,9 @@ run_command(Command *command)
 		ErrorData  *edata;
 
 		MemoryContextSwitchTo(oldcontext);
+		in_handler = false;
 		edata = CopyErrorData();
-		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
+		if ((edata->sqlerrcode == ERRCODE_QUERY_CANCELED && !in_worker) ||
 			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
 			PG_RE_THROW();
 		FlushErrorState();
@@ -339,8 +358,8 @@ backoff_ms(int attempts)
 static int
 run_group(const char *group_key, int limit, Oid invoker)
 {
-	Datum		args[4];
-	char		nulls[4] = {' ', ' ', ' ', ' '};
+	Datum		args[3];
+	char		nulls[3] = {' ', ' ', ' '};
 	Command    *commands;
 	uint64		n;
 	int			done = 0;
@@ -381,7 +400,7 @@ run_group(const char *group_key, int limit, Oid invoker)
 		CHECK_FOR_INTERRUPTS();
 		if (OidIsValid(invoker) && !has_privs_of_role(invoker, commands[i].role))
 			break;
-		error = run_command(&commands[i]);
+		error = run_command(&commands[i], !OidIsValid(invoker));
 		if (error == NULL)
 		{
 			done++;
@@ -416,24 +435,13 @@ run_group(const char *group_key, int limit, Oid invoker)
 	if (done == 0 && !failed)
 		return 0;
 
+	/* to the back of the line; or wait, or park */
 	now = GetCurrentTimestamp();
-	args[1] = Int64GetDatum((int64) done);
-	args[2] = TimestampTzGetDatum(failed ? TimestampTzPlusMilliseconds(now, delay) : now);
-	args[3] = TimestampTzGetDatum(now);
-	nulls[3] = parked ? ' ' : 'n';
-	if (SPI_execute_plan(plan_group_after, args, nulls, false, 0) != SPI_OK_UPDATE_RETURNING)
+	args[1] = TimestampTzGetDatum(failed ? TimestampTzPlusMilliseconds(now, delay) : now);
+	args[2] = TimestampTzGetDatum(now);
+	nulls[2] = parked ? ' ' : 'n';
+	if (SPI_execute_plan(plan_group_after, args, nulls, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not update command group \"%s\"", group_key);
-	if (SPI_processed == 1)
-	{
-		bool		isnull;
-		int64		pending = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-														  SPI_tuptable->tupdesc, 1,
-														  &isnull));
-
-		if (pending == 0 &&
-			SPI_execute_plan(plan_group_delete, args, NULL, false, 0) != SPI_OK_DELETE)
-			elog(ERROR, "could not delete command group \"%s\"", group_key);
-	}
 	return done;
 }
 
@@ -451,9 +459,11 @@ report_slot(SorWorkerSlot *slot, const char *group_key, int done)
 
 /*
  * Run up to max_commands ready commands of up to max_groups groups, in the
- * current transaction (SPI connected, a snapshot active).  invoker: see
- * run_group.  When nothing ran and next_due_ms is given, it is set to the
- * milliseconds until a group in backoff is due (-1: none).
+ * current transaction (SPI connected, a snapshot active).  Reads the ready
+ * groups page by page, skipping those another consumer holds, and starts
+ * over while it makes progress.  invoker: see run_group.  When nothing ran
+ * and next_due_ms is given, it is set to the milliseconds until a group in
+ * backoff comes due (-1: none).
  */
 int
 sor_run_commands(int max_commands, int max_groups, Oid invoker,
@@ -467,32 +477,51 @@ sor_run_commands(int max_commands, int max_groups, Oid invoker,
 
 	while (progress && ran < max_commands && groups < max_groups)
 	{
-		Datum		limit = Int32GetDatum(SOR_CANDIDATE_GROUPS);
-		char	  **keys;
-		uint64		n;
+		Datum		args[3];
+		bool		more = true;
 
 		progress = false;
-		if (SPI_execute_plan(plan_ready_groups, &limit, NULL, false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "could not read the command groups");
-		n = SPI_processed;
-		keys = palloc(sizeof(char *) * (n + 1));
-		for (uint64 i = 0; i < n; i++)
-			keys[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
-		SPI_freetuptable(SPI_tuptable);
-
-		for (uint64 i = 0; i < n && ran < max_commands && groups < max_groups; i++)
+		args[1] = TimestampTzGetDatum(DT_NOBEGIN);
+		args[2] = CStringGetTextDatum("");
+		while (more && ran < max_commands && groups < max_groups)
 		{
-			int			done;
+			char	  **keys;
+			uint64		n;
 
-			if (!try_lock_group(keys[i]))
-				continue;
-			report_slot(slot, keys[i], 0);
-			done = run_group(keys[i], Min(sor_batch_size, max_commands - ran), invoker);
-			report_slot(slot, NULL, done);
-			ran += done;
-			groups++;
-			if (done > 0)
-				progress = true;
+			args[0] = Int32GetDatum(SOR_CANDIDATE_GROUPS);
+			if (SPI_execute_plan(plan_ready_groups, args, NULL, false, 0) != SPI_OK_SELECT)
+				elog(ERROR, "could not read the command groups");
+			n = SPI_processed;
+			more = n == SOR_CANDIDATE_GROUPS;
+			keys = palloc(sizeof(char *) * (n + 1));
+			for (uint64 i = 0; i < n; i++)
+			{
+				bool		isnull;
+
+				keys[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+				if (i == n - 1)
+				{
+					args[1] = SPI_getbinval(SPI_tuptable->vals[i],
+											SPI_tuptable->tupdesc, 2, &isnull);
+					args[2] = CStringGetTextDatum(keys[i]);
+				}
+			}
+			SPI_freetuptable(SPI_tuptable);
+
+			for (uint64 i = 0; i < n && ran < max_commands && groups < max_groups; i++)
+			{
+				int			done;
+
+				if (!try_lock_group(keys[i]))
+					continue;
+				report_slot(slot, keys[i], 0);
+				done = run_group(keys[i], Min(sor_batch_size, max_commands - ran), invoker);
+				report_slot(slot, NULL, done);
+				ran += done;
+				groups++;
+				if (done > 0)
+					progress = true;
+			}
 		}
 	}
 
@@ -518,6 +547,22 @@ sor_run_commands(int max_commands, int max_groups, Oid invoker,
 }
 
 /*
+ * Delete the rows of groups left without commands (sor.forget_empty_groups),
+ * in the current transaction.  It holds their row locks until it ends, which
+ * makes a producer of such a group wait: call it only in a short one.
+ */
+void
+sor_forget_empty_groups(void)
+{
+	Datum		max = Int32GetDatum(SOR_FORGET_GROUPS);
+
+	prepare_plans();
+	if (SPI_execute_plan(plan_forget, &max, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not forget empty command groups");
+	SPI_freetuptable(SPI_tuptable);
+}
+
+/*
  * sor.drain_impl(max_commands integer, invoker oid) returns integer
  *
  * sor.drain(): run ready commands in the calling session and transaction,
@@ -537,6 +582,10 @@ sor_drain_impl(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("max_commands must not be negative")));
+	if (in_handler)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("sor.drain() cannot be called by a command handler")));
 	if (IsolationUsesXactSnapshot())
 		ereport(ERROR,
 				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
@@ -548,6 +597,16 @@ sor_drain_impl(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	ran = sor_run_commands(max_commands, PG_INT32_MAX, invoker, NULL, NULL);
+	/* a statement of its own ends at once: its locks will not linger */
+	if (!IsTransactionBlock())
+		sor_forget_empty_groups();
 	SPI_finish();
+
+	/*
+	 * Groups this transaction held were skipped by the workers, maybe with
+	 * commands enqueued meanwhile: have them look again after it ends.
+	 */
+	if (ran > 0)
+		sor_wake_workers_at_commit();
 	PG_RETURN_INT32(ran);
 }

@@ -63,6 +63,8 @@ run_pass(long *next_due_ms, bool *gone)
 		pgstat_report_activity(STATE_RUNNING, "sor: running commands");
 		ran = sor_run_commands(sor_batch_size, 1, InvalidOid, my_slot,
 							   next_due_ms);
+		if (ran == 0)
+			sor_forget_empty_groups();
 		PopActiveSnapshot();
 		SPI_finish();
 	}
