@@ -116,9 +116,13 @@ prepare_plans(void)
 		"SELECT pg_catalog.min(next_attempt_at) FROM sor.command_group"
 		" WHERE parked_at IS NULL AND next_attempt_at > pg_catalog.clock_timestamp()",
 		0, NULL);
+	/* read after the group's lock is taken: is it still ready? */
 	plan_commands = prepare(
 		"SELECT id, handler, payload, enqueued_by::oid FROM sor.command"
-		" WHERE group_key = $1 ORDER BY id LIMIT $2",
+		" WHERE group_key = $1"
+		" AND EXISTS (SELECT FROM sor.command_group g WHERE g.group_key = $1"
+		" AND g.parked_at IS NULL AND g.next_attempt_at <= pg_catalog.clock_timestamp())"
+		" ORDER BY id LIMIT $2",
 		2, text_int);
 	plan_done = prepare(
 		"DELETE FROM sor.command WHERE id = $1",
@@ -370,7 +374,8 @@ run_group(const char *group_key, int limit, Oid invoker)
 
 	/*
 	 * Not read-only: a new snapshot, taken now that the group's lock is
-	 * held, sees the work of the consumer that held it before.
+	 * held, sees the work of the consumer that held it before, and whether
+	 * that one parked the group or made it wait.
 	 */
 	args[0] = CStringGetTextDatum(group_key);
 	args[1] = Int32GetDatum(limit);
