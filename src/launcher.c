@@ -267,13 +267,16 @@ typedef struct KnownDatabase
 	Oid			dboid;			/* hash key */
 	bool		present;		/* seen in the latest scan */
 	bool		no_extension;	/* a worker found no sor there */
-	uint64		probe_generation;	/* rescan_generation when it looked */
 	int			failures;		/* workers that died in a row */
 	TimestampTz next_start;		/* no start before */
 } KnownDatabase;
 
 /* the launcher's handles of the workers it started, by slot */
 static BackgroundWorkerHandle **handles;
+/* slots whose worker the launcher asked to stop: its exit is no failure */
+static bool *stopping;
+/* rescan_generation when each slot's worker was started */
+static uint64 *started_generation;
 
 static void
 list_databases(HTAB *known)
@@ -304,7 +307,6 @@ list_databases(HTAB *known)
 		if (!found)
 		{
 			db->no_extension = false;
-			db->probe_generation = 0;
 			db->failures = 0;
 			db->next_start = 0;
 		}
@@ -390,10 +392,10 @@ reconcile(HTAB *known)
 			 * Believe it only if no CREATE EXTENSION sor committed since the
 			 * worker started: it may have looked just before one did here.
 			 */
-			if (db->probe_generation == shared->rescan_generation)
+			if (started_generation[i] == shared->rescan_generation)
 				db->no_extension = true;
 		}
-		else if (db && !db->no_extension)
+		else if (db && !db->no_extension && !stopping[i])
 		{
 			/* died: start again after a delay that grows while it keeps dying */
 			if (shared->slots[i].started_at != 0 &&
@@ -409,6 +411,7 @@ reconcile(HTAB *known)
 		LWLockRelease(shared->lock);
 		pfree(handles[i]);
 		handles[i] = NULL;
+		stopping[i] = false;
 	}
 
 	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
@@ -440,7 +443,10 @@ reconcile(HTAB *known)
 			if (handles[i] == NULL || shared->slots[i].dboid != db->dboid)
 				continue;
 			if (++running > wanted)
+			{
 				TerminateBackgroundWorker(handles[i]);
+				stopping[i] = true;
+			}
 		}
 		if (running >= wanted)
 			continue;
@@ -451,11 +457,11 @@ reconcile(HTAB *known)
 			next = (next < 0 || wait < next) ? wait : next;
 			continue;
 		}
-		db->probe_generation = generation;
 		for (i = 0; i < shared->nslots && running < wanted; i++)
 		{
 			if (handles[i] != NULL)
 				continue;
+			started_generation[i] = generation;
 			start_worker(i, db->dboid);
 			running++;
 		}
@@ -487,6 +493,8 @@ sor_launcher_main(Datum main_arg)
 	ctl.entrysize = sizeof(KnownDatabase);
 	known = hash_create("sor databases", 16, &ctl, HASH_ELEM | HASH_BLOBS);
 	handles = palloc0(sizeof(BackgroundWorkerHandle *) * shared->nslots);
+	stopping = palloc0(sizeof(bool) * shared->nslots);
+	started_generation = palloc0(sizeof(uint64) * shared->nslots);
 
 	while (!ShutdownRequestPending)
 	{
