@@ -74,6 +74,11 @@ CREATE TABLE @extschema@.ownership_history (
     PRIMARY KEY (recorded_at_site, seq)
 );
 
+-- Never read or written: every writer of a registered table holds a weak
+-- lock on it, which changes of many records at once wait for (see
+-- src/lock.c).
+CREATE TABLE @extschema@.write_fence ();
+
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.site', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.local_identity', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.domain', '');

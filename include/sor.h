@@ -102,6 +102,7 @@ extern int	sor_idle_wakeup;
 extern void sor_cache_init(void);
 extern void sor_cache_revalidate(void);
 extern uint64 sor_cache_generation(void);
+extern Oid	sor_write_fence(void);
 extern const char *sor_local_site(void);
 extern SorDomain *sor_lookup_domain(const char *name, bool missing_ok);
 extern SorTable *sor_lookup_table(Oid relid);

@@ -68,6 +68,7 @@ typedef struct SorCatalog
 	Oid			owner_entry;
 	Oid			owner_entry_pkey;
 	Oid			site;
+	Oid			write_fence;
 } SorCatalog;
 
 typedef struct OwnerCacheEntry
@@ -210,6 +211,7 @@ load_catalog(void)
 	catalog.registered_table = catalog_relid(nspid, "registered_table");
 	catalog.owner_entry = catalog_relid(nspid, "owner_entry");
 	catalog.site = catalog_relid(nspid, "site");
+	catalog.write_fence = catalog_relid(nspid, "write_fence");
 	catalog.domain_pkey = primary_key_of(catalog.domain);
 	catalog.registered_table_pkey = primary_key_of(catalog.registered_table);
 	catalog.owner_entry_pkey = primary_key_of(catalog.owner_entry);
@@ -235,6 +237,14 @@ load_catalog(void)
 	create_owner_cache();
 
 	catalog_known = true;
+}
+
+/* The relation that writers lock weakly, see lock.c. */
+Oid
+sor_write_fence(void)
+{
+	load_catalog();
+	return catalog.write_fence;
 }
 
 /*

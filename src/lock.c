@@ -20,12 +20,20 @@
  * SOR_LOCK_ESCALATION_THRESHOLD records it takes one share lock on the whole
  * domain instead.  Lock modes on a domain:
  *
- *	AccessShareLock		every writer
  *	ShareLock			a writer that escalated
  *	RowExclusiveLock	a hand-off of one record
- *	AccessExclusiveLock	a change of the domain's default owner or of the
- *						local site, or a transaction that hands off many
- *						records of the domain
+ *	AccessExclusiveLock	a change of the domain's default owner, or a
+ *						transaction that hands off many records of it
+ *
+ * Changes that affect many records at once must also wait for writers that
+ * hold only record locks.  For them every writer holds AccessShareLock on
+ * the relation sor.write_fence, which they lock AccessExclusive.  A weak
+ * relation lock takes PostgreSQL's fast path: it never touches the shared
+ * lock table, so all writers taking it costs them nothing, where a shared
+ * lock on one object per domain made every writer of the domain contend for
+ * one lock partition.  The price is that those rare changes (a default
+ * owner's takeover, a change of the local site, a bulk hand-off) wait for
+ * the writers of every domain.
  *
  * Escalation never waits (it would deadlock with a hand-off that holds the
  * domain lock and waits for one of our record locks): when the domain lock
@@ -133,12 +141,17 @@ sor_lock_record_for_write(const char *domain, const char *key)
 	LOCKTAG		tag;
 	bool		newly_locked = false;
 
-	set_domain_tag(&tag, domain);
-	if (LockAcquire(&tag, state->escalated ? ShareLock : AccessShareLock,
-					false, false) != LOCKACQUIRE_ALREADY_HELD)
+	SET_LOCKTAG_RELATION(tag, MyDatabaseId, sor_write_fence());
+	if (LockAcquire(&tag, AccessShareLock, false, false) != LOCKACQUIRE_ALREADY_HELD)
 		newly_locked = true;
 
-	if (!state->escalated)
+	if (state->escalated)
+	{
+		set_domain_tag(&tag, domain);
+		if (LockAcquire(&tag, ShareLock, false, false) != LOCKACQUIRE_ALREADY_HELD)
+			newly_locked = true;
+	}
+	else
 	{
 		set_record_tag(&tag, domain, key);
 		if (LockAcquire(&tag, ShareLock, false, false) != LOCKACQUIRE_ALREADY_HELD)
@@ -155,6 +168,19 @@ sor_lock_record_for_write(const char *domain, const char *key)
 
 	if (newly_locked)
 		AcceptInvalidationMessages();
+}
+
+/* Lock a whole domain as sor_lock_domain_for_handoff does, if free at once. */
+static bool
+lock_domain_without_waiting(const char *domain)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_RELATION(tag, MyDatabaseId, sor_write_fence());
+	if (LockAcquire(&tag, AccessExclusiveLock, false, true) == LOCKACQUIRE_NOT_AVAIL)
+		return false;
+	set_domain_tag(&tag, domain);
+	return LockAcquire(&tag, AccessExclusiveLock, false, true) != LOCKACQUIRE_NOT_AVAIL;
 }
 
 /*
@@ -178,14 +204,14 @@ sor_lock_record_for_handoff(const char *domain, const char *key)
 		handoff_locks = 0;
 	}
 
-	set_domain_tag(&tag, domain);
 	if (handoff_locks >= SOR_LOCK_ESCALATION_THRESHOLD &&
-		LockAcquire(&tag, AccessExclusiveLock, false, true) != LOCKACQUIRE_NOT_AVAIL)
+		lock_domain_without_waiting(domain))
 	{
 		/* the whole domain is ours: no record lock needed */
 	}
 	else
 	{
+		set_domain_tag(&tag, domain);
 		(void) LockAcquire(&tag, RowExclusiveLock, false, false);
 		set_record_tag(&tag, domain, key);
 		if (LockAcquire(&tag, ExclusiveLock, false, false) != LOCKACQUIRE_ALREADY_HELD)
@@ -195,14 +221,17 @@ sor_lock_record_for_handoff(const char *domain, const char *key)
 }
 
 /*
- * Lock a whole domain for a change of its default owner: waits for every
- * open transaction that has written any record of the domain.
+ * Lock a whole domain for a change of its default owner (or of the local
+ * site): waits for every open transaction that has written any record of
+ * the domain, and of any other.
  */
 void
 sor_lock_domain_for_handoff(const char *domain)
 {
 	LOCKTAG		tag;
 
+	SET_LOCKTAG_RELATION(tag, MyDatabaseId, sor_write_fence());
+	(void) LockAcquire(&tag, AccessExclusiveLock, false, false);
 	set_domain_tag(&tag, domain);
 	(void) LockAcquire(&tag, AccessExclusiveLock, false, false);
 	AcceptInvalidationMessages();
