@@ -1105,7 +1105,10 @@ BEGIN
     PERFORM FROM @extschema@.command_group g
       WHERE g.group_key = enqueue_impl.group_key FOR KEY SHARE;
     IF NOT FOUND THEN
-        INSERT INTO @extschema@.command_group (group_key) VALUES (group_key);
+        -- (in REPEATABLE READ a row created after the snapshot makes this
+        -- a serialization failure, which the caller may retry)
+        INSERT INTO @extschema@.command_group (group_key) VALUES (group_key)
+        ON CONFLICT DO NOTHING;
     END IF;
     RETURN command_id;
 END

@@ -124,6 +124,75 @@ SELECT group_key, attempts, last_error FROM sor.failed_commands;
 SELECT count(*) AS written FROM guarded;
 SELECT sor.skip(id) FROM sor.command WHERE group_key = 'w';
 
+-- a handler's deferred triggers fire before the command completes, as its
+-- role, and their failure is the command's
+CREATE TABLE deferred_log (n integer, who name);
+GRANT INSERT ON deferred_log TO PUBLIC;
+CREATE FUNCTION note_deferred() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.n < 0 THEN
+        RAISE EXCEPTION 'deferred check of % failed', NEW.n;
+    END IF;
+    UPDATE deferred_log SET who = current_user WHERE n = NEW.n;
+    RETURN NULL;
+END
+$$;
+CREATE CONSTRAINT TRIGGER note_deferred AFTER INSERT ON deferred_log
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION note_deferred();
+GRANT SELECT, UPDATE ON deferred_log TO PUBLIC;
+CREATE FUNCTION insert_deferred(p jsonb) RETURNS void LANGUAGE sql
+    AS $$ INSERT INTO deferred_log (n) VALUES ((p->>'n')::integer) $$;
+SET ROLE queue_user;
+SELECT sor.enqueue('d', 'insert_deferred(jsonb)', '{"n": 1}') > 0 AS enqueued;
+SELECT sor.enqueue('e', 'insert_deferred(jsonb)', '{"n": -1}') > 0 AS enqueued;
+SELECT sor.drain();
+RESET ROLE;
+SELECT n, who FROM deferred_log;
+SELECT group_key, attempts, last_error FROM sor.failed_commands;
+SELECT sor.skip(id) FROM sor.command WHERE group_key = 'e';
+
+-- sor.drain() runs another role's handler as a security-restricted
+-- operation: it cannot leave temporary objects in the caller's session
+CREATE FUNCTION make_temp(p jsonb) RETURNS void LANGUAGE plpgsql
+    AS $$ BEGIN CREATE TEMP TABLE left_behind (x integer); END $$;
+GRANT TEMPORARY ON DATABASE contrib_regression TO queue_user;
+SET ROLE queue_user;
+SELECT sor.enqueue('t', 'make_temp(jsonb)', '{}') > 0 AS enqueued;
+RESET ROLE;
+SELECT sor.drain();
+SELECT group_key, attempts, last_error FROM sor.failed_commands;
+SELECT sor.skip(id) FROM sor.command WHERE group_key = 't';
+
+-- settings a handler cannot take are left out, as on a fresh connection;
+-- ALTER ROLE ALL settings apply
+ALTER ROLE queue_user SET role = queue_other;
+ALTER ROLE ALL SET application_name = 'from alter role all';
+CREATE FUNCTION log_app(p jsonb) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO cmd_log (g, n, who, path)
+    VALUES ('app', 0, current_user, current_setting('application_name'));
+END
+$$;
+SET ROLE queue_user;
+SELECT sor.enqueue('app', 'log_app(jsonb)', '{}') > 0 AS enqueued;
+RESET ROLE;
+SELECT sor.drain();
+SELECT g, who, path FROM cmd_log WHERE g = 'app';
+ALTER ROLE queue_user RESET role;
+ALTER ROLE ALL RESET application_name;
+
+-- a drain that may not run a group's next command does not hold the group
+SET ROLE queue_user;
+SELECT sor.enqueue('held', 'log_cmd(jsonb)', '{"g": "held", "n": 1}') > 0 AS enqueued;
+RESET ROLE;
+BEGIN;
+SET LOCAL ROLE queue_other;
+SELECT sor.drain();
+SELECT count(*) AS group_locks_held FROM pg_locks
+ WHERE locktype = 'advisory' AND objsubid = 21251 AND pid = pg_backend_pid();
+COMMIT;
+SELECT sor.drain();
+
 -- bad input changes nothing
 CREATE FUNCTION two_args(a jsonb, b jsonb) RETURNS void LANGUAGE sql AS $$ SELECT $$;
 CREATE FUNCTION returns_set(p jsonb) RETURNS SETOF integer LANGUAGE sql AS $$ SELECT 1 $$;
@@ -162,8 +231,10 @@ INSERT INTO sor.command_group (group_key) VALUES ('x');
 SELECT group_key FROM sor.queue;
 RESET ROLE;
 
-DROP TABLE cmd_log, flaky_switch, guarded;
+DROP TABLE cmd_log, flaky_switch, guarded, deferred_log;
+DROP FUNCTION note_deferred(), insert_deferred(jsonb), make_temp(jsonb), log_app(jsonb);
 DROP FUNCTION log_cmd(jsonb), flaky(jsonb), write_guarded(jsonb),
     two_args(jsonb, jsonb), returns_set(jsonb), secret_handler(jsonb);
 DROP PROCEDURE a_procedure(jsonb);
+REVOKE TEMPORARY ON DATABASE contrib_regression FROM queue_user;
 DROP ROLE queue_user, queue_other;

@@ -124,7 +124,8 @@ wake_after_locks(ResourceReleasePhase phase, bool isCommit, bool isTopLevel,
 	if (isCommit && shared != NULL &&
 		(wake_workers_at_commit || wake_launcher_at_commit))
 	{
-		LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+		LWLockAcquire(shared->lock,
+					  wake_launcher_at_commit ? LW_EXCLUSIVE : LW_SHARED);
 		if (wake_workers_at_commit)
 		{
 			for (int i = 0; i < shared->nslots; i++)
@@ -270,6 +271,8 @@ typedef struct KnownDatabase
 	int			failures;		/* workers that died in a row */
 	TimestampTz next_start;		/* no start before */
 } KnownDatabase;
+
+static void stop_orphaned_workers(void);
 
 /* the launcher's handles of the workers it started, by slot */
 static BackgroundWorkerHandle **handles;
@@ -485,6 +488,7 @@ sor_launcher_main(Datum main_arg)
 
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
 
+	stop_orphaned_workers();
 	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
 	shared->launcher = MyProc;
 	LWLockRelease(shared->lock);
@@ -529,7 +533,48 @@ sor_launcher_main(Datum main_arg)
 	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
 	shared->launcher = NULL;
 	LWLockRelease(shared->lock);
-	proc_exit(0);
+
+	/*
+	 * Exit with 1, so that the postmaster starts the launcher again, unless
+	 * it is shutting down itself: a launcher stopped by pg_terminate_backend
+	 * must not leave the databases without workers for good.
+	 */
+	proc_exit(1);
+}
+
+/*
+ * A launcher that starts again finds the slots of the workers its
+ * predecessor started, but has no handles for them: stop those workers and
+ * wait until they are gone, so that every slot is free and known.
+ */
+static void
+stop_orphaned_workers(void)
+{
+	for (int tries = 0; tries < 500; tries++)
+	{
+		bool		alive = false;
+
+		LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+		for (int i = 0; i < shared->nslots; i++)
+		{
+			SorWorkerSlot *slot = &shared->slots[i];
+
+			if (slot->pid != 0)
+			{
+				(void) kill(slot->pid, SIGTERM);
+				alive = true;
+			}
+			else
+				memset(slot, 0, sizeof(SorWorkerSlot));
+		}
+		LWLockRelease(shared->lock);
+		if (!alive)
+			return;
+		CHECK_FOR_INTERRUPTS();
+		pg_usleep(10000L);
+	}
+	ereport(ERROR,
+			(errmsg("sor workers of a previous launcher did not stop")));
 }
 
 /*

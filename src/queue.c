@@ -33,24 +33,34 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/htup_details.h"
 #include "access/table.h"
 #include "access/xact.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_authid.h"
 #include "catalog/pg_db_role_setting.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
+#include "commands/prepare.h"
+#include "commands/sequence.h"
+#include "commands/trigger.h"
 #include "common/hashfn.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "storage/lock.h"
+#include "storage/proc.h"
 #include "utils/acl.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/regproc.h"
 #include "utils/snapmgr.h"
+#include "utils/fmgroids.h"
 #include "utils/syscache.h"
+#include "utils/timeout.h"
 
 #include "sor.h"
 
@@ -200,6 +210,15 @@ sor_lock_group_for_change(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
+static void
+unlock_group(const char *group_key)
+{
+	LOCKTAG		tag;
+
+	set_group_tag(&tag, group_key, SOR_LOCK_GROUP);
+	(void) LockRelease(&tag, ExclusiveLock, false);
+}
+
 /* Take a group's consumer lock if it is free; it is kept until commit. */
 static bool
 try_lock_group(const char *group_key)
@@ -211,10 +230,58 @@ try_lock_group(const char *group_key)
 }
 
 /*
- * Reset the session's settings and search_path, and apply the settings a
- * fresh connection of role to this database would get (ALTER ROLE ALL,
- * ALTER DATABASE, ALTER ROLE, ALTER ROLE IN DATABASE), in the current GUC
- * nesting level.
+ * Apply one pg_db_role_setting entry, if there is one.  A setting that
+ * cannot be applied here is reported and left out, as a fresh connection
+ * would do with one it cannot apply.  "role" and "session_authorization"
+ * cannot change inside a command: the handler runs as the enqueuing role.
+ */
+static void
+apply_setting_entry(Relation rel, Snapshot snapshot, Oid database, Oid role)
+{
+	ScanKeyData keys[2];
+	SysScanDesc scan;
+	HeapTuple	tuple;
+
+	ScanKeyInit(&keys[0], Anum_pg_db_role_setting_setdatabase,
+				BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(database));
+	ScanKeyInit(&keys[1], Anum_pg_db_role_setting_setrole,
+				BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(role));
+	scan = systable_beginscan(rel, DbRoleSettingDatidRolidIndexId, true,
+							  snapshot, 2, keys);
+	while (HeapTupleIsValid(tuple = systable_getnext(scan)))
+	{
+		bool		isnull;
+		Datum		config = heap_getattr(tuple, Anum_pg_db_role_setting_setconfig,
+										  RelationGetDescr(rel), &isnull);
+		Datum	   *items;
+		int			nitems;
+
+		if (isnull)
+			continue;
+		deconstruct_array(DatumGetArrayTypeP(config), TEXTOID, -1, false,
+						  TYPALIGN_INT, &items, NULL, &nitems);
+		for (int i = 0; i < nitems; i++)
+		{
+			char	   *name;
+			char	   *value;
+
+			ParseLongOption(TextDatumGetCString(items[i]), &name, &value);
+			if (value == NULL ||
+				pg_strcasecmp(name, "role") == 0 ||
+				pg_strcasecmp(name, "session_authorization") == 0)
+				continue;
+			(void) set_config_option(name, value, PGC_SUSET, PGC_S_SESSION,
+									 GUC_ACTION_SET, true, WARNING, false);
+		}
+	}
+	systable_endscan(scan);
+}
+
+/*
+ * Reset the session's settings, set search_path to its default, and apply
+ * the settings a fresh connection of role to this database would get
+ * (ALTER ROLE ALL, ALTER DATABASE, ALTER ROLE, ALTER ROLE IN DATABASE, the
+ * later ones winning), in the current GUC nesting level.
  */
 static void
 apply_role_settings(Oid role)
@@ -222,25 +289,32 @@ apply_role_settings(Oid role)
 	Relation	rel;
 	Snapshot	snapshot;
 
-	/* what the session changed goes (undone with the nesting level) */
 	ResetAllOptions();
 	(void) set_config_option("search_path", "\"$user\", public",
 							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SET,
 							 true, 0, false);
 	rel = table_open(DbRoleSettingRelationId, AccessShareLock);
 	snapshot = RegisterSnapshot(GetCatalogSnapshot(DbRoleSettingRelationId));
-	/* least specific first: later ones win */
-	ApplySetting(snapshot, InvalidOid, InvalidOid, rel, PGC_S_SESSION);
-	ApplySetting(snapshot, MyDatabaseId, InvalidOid, rel, PGC_S_SESSION);
-	ApplySetting(snapshot, InvalidOid, role, rel, PGC_S_SESSION);
-	ApplySetting(snapshot, MyDatabaseId, role, rel, PGC_S_SESSION);
+	apply_setting_entry(rel, snapshot, InvalidOid, InvalidOid);
+	apply_setting_entry(rel, snapshot, MyDatabaseId, InvalidOid);
+	apply_setting_entry(rel, snapshot, InvalidOid, role);
+	apply_setting_entry(rel, snapshot, MyDatabaseId, role);
 	UnregisterSnapshot(snapshot);
 	table_close(rel, AccessShareLock);
 }
 
-/* Call the command's handler as its role; errors propagate. */
+/*
+ * Call the command's handler as its role; errors propagate.  Its deferred
+ * triggers fire before it returns, still as its role.  In a worker, the
+ * role's statement_timeout applies to it, and whatever session state it
+ * leaves (temporary objects, session locks, prepared statements) is thrown
+ * away after it.  In sor.drain(), the handler of a command that another role
+ * enqueued runs as a security-restricted operation, as PostgreSQL runs other
+ * roles' code in maintenance commands: it cannot leave temporary objects or
+ * other state in the caller's session (nor queue deferred triggers).
+ */
 static void
-call_handler(Command *command)
+call_handler(Command *command, bool in_worker, Oid invoker)
 {
 	Oid			handler;
 	AclResult	aclresult;
@@ -271,7 +345,9 @@ call_handler(Command *command)
 
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
 	SetUserIdAndSecContext(command->role,
-						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
+						   (!in_worker && command->role != invoker ?
+							SECURITY_RESTRICTED_OPERATION : 0));
 	nestlevel = NewGUCNestLevel();
 	apply_role_settings(command->role);
 
@@ -280,9 +356,20 @@ call_handler(Command *command)
 	call->args[0].value = command->payload;
 	call->args[0].isnull = false;
 	PushActiveSnapshot(GetTransactionSnapshot());
+	if (in_worker && StatementTimeout > 0)
+		enable_timeout_after(STATEMENT_TIMEOUT, StatementTimeout);
 	in_handler = true;
 	(void) FunctionCallInvoke(call);
+	{
+		ConstraintsSetStmt *immediate = makeNode(ConstraintsSetStmt);
+
+		immediate->constraints = NIL;
+		immediate->deferred = false;
+		AfterTriggerSetState(immediate);
+	}
 	in_handler = false;
+	if (in_worker)
+		disable_timeout(STATEMENT_TIMEOUT, false);
 	PopActiveSnapshot();
 
 	/* whatever the handler SET is thrown away, like its role */
@@ -298,7 +385,7 @@ call_handler(Command *command)
  * caller's (in a worker it can only be the handler's statement_timeout).
  */
 static char *
-run_command(Command *command, bool in_worker)
+run_command(Command *command, bool in_worker, Oid invoker)
 {
 	MemoryContext oldcontext = CurrentMemoryContext;
 	ResourceOwner oldowner = CurrentResourceOwner;
@@ -310,7 +397,7 @@ run_command(Command *command, bool in_worker)
 	{
 		Datum		id = Int64GetDatum(command->id);
 
-		call_handler(command);
+		call_handler(command, in_worker, invoker);
 		if (SPI_execute_plan(plan_done, &id, NULL, false, 0) != SPI_OK_DELETE ||
 			SPI_processed != 1)
 			elog(ERROR, "command " INT64_FORMAT " was run by another consumer",
@@ -325,6 +412,8 @@ run_command(Command *command, bool in_worker)
 
 		MemoryContextSwitchTo(oldcontext);
 		in_handler = false;
+		if (in_worker)
+			disable_timeout(STATEMENT_TIMEOUT, false);
 		edata = CopyErrorData();
 		if ((edata->sqlerrcode == ERRCODE_QUERY_CANCELED && !in_worker) ||
 			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
@@ -338,8 +427,28 @@ run_command(Command *command, bool in_worker)
 		FreeErrorData(edata);
 	}
 	PG_END_TRY();
+
+	/* a worker has no session state of its own: drop the handler's */
+	if (in_worker)
+	{
+		ResetTempTableNamespace();
+		DropAllPreparedStatements();
+		ResetSequenceCaches();
+		LockReleaseSession(USER_LOCKMETHOD);
+	}
 	CommandCounterIncrement();
 	return error;
+}
+
+/* Whether invoker may run role's commands: it could SET ROLE to it. */
+static bool
+acts_for(Oid invoker, Oid role)
+{
+#if PG_VERSION_NUM >= 160000
+	return member_can_set_role(invoker, role);
+#else
+	return is_member_of_role(invoker, role);
+#endif
 }
 
 /* Delay before attempt n + 1 of a command that failed n times. */
@@ -360,7 +469,7 @@ backoff_ms(int attempts)
  * act for.  Returns how many committed.
  */
 static int
-run_group(const char *group_key, int limit, Oid invoker)
+run_group(const char *group_key, int limit, Oid invoker, bool *failed_out)
 {
 	Datum		args[3];
 	char		nulls[3] = {' ', ' ', ' '};
@@ -371,6 +480,8 @@ run_group(const char *group_key, int limit, Oid invoker)
 	bool		parked = false;
 	int64		delay = 0;
 	TimestampTz now;
+
+	*failed_out = false;
 
 	/*
 	 * Not read-only: a new snapshot, taken now that the group's lock is
@@ -403,9 +514,9 @@ run_group(const char *group_key, int limit, Oid invoker)
 		char	   *error;
 
 		CHECK_FOR_INTERRUPTS();
-		if (OidIsValid(invoker) && !has_privs_of_role(invoker, commands[i].role))
+		if (OidIsValid(invoker) && !acts_for(invoker, commands[i].role))
 			break;
-		error = run_command(&commands[i], !OidIsValid(invoker));
+		error = run_command(&commands[i], !OidIsValid(invoker), invoker);
 		if (error == NULL)
 		{
 			done++;
@@ -420,10 +531,11 @@ run_group(const char *group_key, int limit, Oid invoker)
 
 			fargs[0] = Int64GetDatum(commands[i].id);
 			fargs[1] = CStringGetTextDatum(error);
-			if (SPI_execute_plan(plan_failed, fargs, NULL, false, 0) != SPI_OK_UPDATE_RETURNING ||
-				SPI_processed != 1)
+			if (SPI_execute_plan(plan_failed, fargs, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
 				elog(ERROR, "could not record the failure of command " INT64_FORMAT,
 					 commands[i].id);
+			if (SPI_processed == 0)
+				break;			/* skipped meanwhile (by a handler) */
 			attempts = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
 												   SPI_tuptable->tupdesc, 1, &isnull));
 			failed = true;
@@ -437,6 +549,7 @@ run_group(const char *group_key, int limit, Oid invoker)
 		break;
 	}
 
+	*failed_out = failed;
 	if (done == 0 && !failed)
 		return 0;
 
@@ -516,12 +629,27 @@ sor_run_commands(int max_commands, int max_groups, Oid invoker,
 			for (uint64 i = 0; i < n && ran < max_commands && groups < max_groups; i++)
 			{
 				int			done;
+				bool		failed;
 
 				if (!try_lock_group(keys[i]))
 					continue;
 				report_slot(slot, keys[i], 0);
-				done = run_group(keys[i], Min(sor_batch_size, max_commands - ran), invoker);
+				done = run_group(keys[i], Min(sor_batch_size, max_commands - ran),
+								 invoker, &failed);
 				report_slot(slot, NULL, done);
+				if (done == 0 && !failed)
+				{
+					/* nothing it could run (another role's turn): let go */
+					unlock_group(keys[i]);
+					continue;
+				}
+				/*
+				 * A drain's transaction may go on for long: once it ends, the
+				 * workers look at the groups it held, where commands may have
+				 * been enqueued meanwhile.  (A worker goes on by itself.)
+				 */
+				if (OidIsValid(invoker))
+					sor_wake_workers_at_commit();
 				ran += done;
 				groups++;
 				if (done > 0)
@@ -607,11 +735,5 @@ sor_drain_impl(PG_FUNCTION_ARGS)
 		sor_forget_empty_groups();
 	SPI_finish();
 
-	/*
-	 * Groups this transaction held were skipped by the workers, maybe with
-	 * commands enqueued meanwhile: have them look again after it ends.
-	 */
-	if (ran > 0)
-		sor_wake_workers_at_commit();
 	PG_RETURN_INT32(ran);
 }

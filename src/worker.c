@@ -80,6 +80,7 @@ void
 sor_worker_main(Datum main_arg)
 {
 	Oid			dboid;
+	bool		starting;
 
 	pqsignal(SIGTERM, die);
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -88,7 +89,10 @@ sor_worker_main(Datum main_arg)
 	my_slot = sor_worker_slot(DatumGetInt32(main_arg));
 	sor_slot_lock(false);
 	dboid = my_slot->dboid;
+	starting = my_slot->state == SOR_SLOT_STARTING && my_slot->pid == 0;
 	sor_slot_unlock();
+	if (!starting)
+		proc_exit(0);			/* a new launcher took the slot back */
 
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 
