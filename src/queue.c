@@ -64,6 +64,12 @@
 
 #include "sor.h"
 
+#if PG_VERSION_NUM >= 170000
+#define LOCAL_XID_FIELD vxid.lxid
+#else
+#define LOCAL_XID_FIELD lxid
+#endif
+
 /* How many ready groups one look at the queue reads; it reads on. */
 #define SOR_CANDIDATE_GROUPS	64
 
@@ -304,6 +310,37 @@ apply_role_settings(Oid role)
 }
 
 /*
+ * The handler last called in this transaction, resolved and with its
+ * FmgrInfo (whose cache, e.g. a SQL function's plans, lives in the
+ * transaction): consecutive commands mostly share one.  Forgotten after a
+ * failure.
+ */
+static struct
+{
+	LocalTransactionId lxid;
+	char	   *name;			/* in TopTransactionContext */
+	Oid			oid;
+	FmgrInfo	flinfo;
+}			last_handler;
+
+static FmgrInfo *
+resolve_handler(const char *name, Oid *oid)
+{
+	if (last_handler.lxid != MyProc->LOCAL_XID_FIELD ||
+		strcmp(last_handler.name, name) != 0)
+	{
+		last_handler.lxid = InvalidLocalTransactionId;
+		last_handler.oid = DatumGetObjectId(DirectFunctionCall1(regprocedurein,
+																CStringGetDatum(name)));
+		fmgr_info_cxt(last_handler.oid, &last_handler.flinfo, TopTransactionContext);
+		last_handler.name = MemoryContextStrdup(TopTransactionContext, name);
+		last_handler.lxid = MyProc->LOCAL_XID_FIELD;
+	}
+	*oid = last_handler.oid;
+	return &last_handler.flinfo;
+}
+
+/*
  * Call the command's handler as its role; errors propagate.  Its deferred
  * triggers fire before it returns, still as its role.  In a worker, the
  * role's statement_timeout applies to it, and whatever session state it
@@ -321,12 +358,11 @@ call_handler(Command *command, bool in_worker, Oid invoker)
 	Oid			save_userid;
 	int			save_sec_context;
 	int			nestlevel;
-	FmgrInfo	flinfo;
+	FmgrInfo   *flinfo;
 
 	LOCAL_FCINFO(call, 1);
 
-	handler = DatumGetObjectId(DirectFunctionCall1(regprocedurein,
-												   CStringGetDatum(command->handler)));
+	flinfo = resolve_handler(command->handler, &handler);
 	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(command->role)))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -351,8 +387,7 @@ call_handler(Command *command, bool in_worker, Oid invoker)
 	nestlevel = NewGUCNestLevel();
 	apply_role_settings(command->role);
 
-	fmgr_info(handler, &flinfo);
-	InitFunctionCallInfoData(*call, &flinfo, 1, InvalidOid, NULL, NULL);
+	InitFunctionCallInfoData(*call, flinfo, 1, InvalidOid, NULL, NULL);
 	call->args[0].value = command->payload;
 	call->args[0].isnull = false;
 	PushActiveSnapshot(GetTransactionSnapshot());
@@ -412,6 +447,7 @@ run_command(Command *command, bool in_worker, Oid invoker)
 
 		MemoryContextSwitchTo(oldcontext);
 		in_handler = false;
+		last_handler.lxid = InvalidLocalTransactionId;
 		if (in_worker)
 			disable_timeout(STATEMENT_TIMEOUT, false);
 		edata = CopyErrorData();
