@@ -48,6 +48,7 @@
 #include "common/hashfn.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "pgstat.h"
 #include "storage/lock.h"
 #include "storage/proc.h"
 #include "utils/acl.h"
@@ -604,6 +605,9 @@ report_slot(SorWorkerSlot *slot, const char *group_key, int done)
 {
 	if (slot == NULL)
 		return;
+	if (group_key)
+		pgstat_report_activity(STATE_RUNNING,
+							   psprintf("sor: running commands of group %s", group_key));
 	sor_slot_lock(true);
 	slot->state = group_key ? SOR_SLOT_RUNNING : SOR_SLOT_IDLE;
 	strlcpy(slot->group_key, group_key ? group_key : "", NAMEDATALEN);
