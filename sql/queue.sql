@@ -151,6 +151,31 @@ SELECT n, who FROM deferred_log;
 SELECT group_key, attempts, last_error FROM sor.failed_commands;
 SELECT sor.skip(id) FROM sor.command WHERE group_key = 'e';
 
+-- every handler starts with its constraints immediate, wherever it stands
+-- in a batch; one that needs a deferred check asks for it
+CREATE TABLE parent (id integer PRIMARY KEY);
+CREATE TABLE child (parent_id integer REFERENCES parent
+                    DEFERRABLE INITIALLY DEFERRED);
+GRANT SELECT, INSERT ON parent, child TO PUBLIC;
+CREATE FUNCTION child_first(p jsonb) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF (p->>'defer')::boolean THEN
+        SET CONSTRAINTS ALL DEFERRED;
+    END IF;
+    INSERT INTO child VALUES ((p->>'n')::integer);
+    INSERT INTO parent VALUES ((p->>'n')::integer);
+END
+$$;
+SET ROLE queue_user;
+SELECT sor.enqueue('c1', 'child_first(jsonb)', '{"n": 1, "defer": false}') > 0 AS enqueued;
+SELECT sor.enqueue('c1', 'child_first(jsonb)', '{"n": 2, "defer": false}') > 0 AS enqueued;
+SELECT sor.enqueue('c2', 'child_first(jsonb)', '{"n": 3, "defer": true}') > 0 AS enqueued;
+SELECT sor.drain();
+RESET ROLE;
+SELECT group_key, attempts, last_error FROM sor.failed_commands;
+SELECT * FROM parent ORDER BY id;
+SELECT sor.skip(id) FROM sor.command WHERE group_key = 'c1';
+
 -- sor.drain() runs another role's handler as a security-restricted
 -- operation: it cannot leave temporary objects in the caller's session
 CREATE FUNCTION make_temp(p jsonb) RETURNS void LANGUAGE plpgsql
@@ -231,8 +256,9 @@ INSERT INTO sor.command_group (group_key) VALUES ('x');
 SELECT group_key FROM sor.queue;
 RESET ROLE;
 
-DROP TABLE cmd_log, flaky_switch, guarded, deferred_log;
-DROP FUNCTION note_deferred(), insert_deferred(jsonb), make_temp(jsonb), log_app(jsonb);
+DROP TABLE cmd_log, flaky_switch, guarded, deferred_log, child, parent;
+DROP FUNCTION note_deferred(), insert_deferred(jsonb), make_temp(jsonb), log_app(jsonb),
+    child_first(jsonb);
 DROP FUNCTION log_cmd(jsonb), flaky(jsonb), write_guarded(jsonb),
     two_args(jsonb, jsonb), returns_set(jsonb), secret_handler(jsonb);
 DROP PROCEDURE a_procedure(jsonb);

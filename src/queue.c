@@ -342,8 +342,25 @@ resolve_handler(const char *name, Oid *oid)
 }
 
 /*
- * Call the command's handler as its role; errors propagate.  Its deferred
- * triggers fire before it returns, still as its role.  In a worker, the
+ * SET CONSTRAINTS ALL IMMEDIATE: fires the deferred triggers queued so far.
+ * A batch is one transaction, so this state carries from one command to the
+ * next: every handler starts in it, whatever its place in the batch.
+ */
+static void
+set_constraints_immediate(void)
+{
+	ConstraintsSetStmt *stmt = makeNode(ConstraintsSetStmt);
+
+	stmt->constraints = NIL;
+	stmt->deferred = false;
+	AfterTriggerSetState(stmt);
+}
+
+/*
+ * Call the command's handler as its role; errors propagate.  It starts with
+ * all constraints immediate (a handler that needs one deferred says SET
+ * CONSTRAINTS ... DEFERRED), and what it deferred fires before it returns,
+ * still as its role.  In a worker, the
  * role's statement_timeout applies to it, and whatever session state it
  * leaves (temporary objects, session locks, prepared statements) is thrown
  * away after it.  In sor.drain(), the handler of a command that another role
@@ -395,14 +412,9 @@ call_handler(Command *command, bool in_worker, Oid invoker)
 	if (in_worker && StatementTimeout > 0)
 		enable_timeout_after(STATEMENT_TIMEOUT, StatementTimeout);
 	in_handler = true;
+	set_constraints_immediate();
 	(void) FunctionCallInvoke(call);
-	{
-		ConstraintsSetStmt *immediate = makeNode(ConstraintsSetStmt);
-
-		immediate->constraints = NIL;
-		immediate->deferred = false;
-		AfterTriggerSetState(immediate);
-	}
+	set_constraints_immediate();
 	in_handler = false;
 	if (in_worker)
 		disable_timeout(STATEMENT_TIMEOUT, false);
