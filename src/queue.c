@@ -237,13 +237,13 @@ try_lock_group(const char *group_key)
 }
 
 /*
- * Apply one pg_db_role_setting entry, if there is one.  A setting that
- * cannot be applied here is reported and left out, as a fresh connection
- * would do with one it cannot apply.  "role" and "session_authorization"
- * cannot change inside a command: the handler runs as the enqueuing role.
+ * Append the settings of one pg_db_role_setting entry, if there is one, to
+ * *settings as "name", "value" pairs.  "role" and "session_authorization"
+ * are left out: the handler runs as the enqueuing role.
  */
 static void
-apply_setting_entry(Relation rel, Snapshot snapshot, Oid database, Oid role)
+collect_setting_entry(Relation rel, Snapshot snapshot, Oid database, Oid role,
+					  List **settings)
 {
 	ScanKeyData keys[2];
 	SysScanDesc scan;
@@ -277,37 +277,67 @@ apply_setting_entry(Relation rel, Snapshot snapshot, Oid database, Oid role)
 				pg_strcasecmp(name, "role") == 0 ||
 				pg_strcasecmp(name, "session_authorization") == 0)
 				continue;
-			(void) set_config_option(name, value, PGC_SUSET, PGC_S_SESSION,
-									 GUC_ACTION_SET, true, WARNING, false);
+			*settings = lappend(*settings, name);
+			*settings = lappend(*settings, value);
 		}
 	}
 	systable_endscan(scan);
 }
 
 /*
+ * The settings of the role whose command ran last in this transaction: the
+ * commands of a batch mostly share a role, and read them once.
+ */
+static struct
+{
+	LocalTransactionId lxid;
+	Oid			role;
+	List	   *settings;		/* in TopTransactionContext */
+}			last_settings;
+
+/*
  * Reset the session's settings, set search_path to its default, and apply
  * the settings a fresh connection of role to this database would get
  * (ALTER ROLE ALL, ALTER DATABASE, ALTER ROLE, ALTER ROLE IN DATABASE, the
- * later ones winning), in the current GUC nesting level.
+ * later ones winning), in the current GUC nesting level.  A setting that
+ * cannot be applied here is reported and left out, as a fresh connection
+ * does with one it cannot apply.
  */
 static void
 apply_role_settings(Oid role)
 {
-	Relation	rel;
-	Snapshot	snapshot;
+	ListCell   *lc;
+
+	if (last_settings.lxid != MyProc->LOCAL_XID_FIELD || last_settings.role != role)
+	{
+		MemoryContext oldcontext = MemoryContextSwitchTo(TopTransactionContext);
+		Relation	rel = table_open(DbRoleSettingRelationId, AccessShareLock);
+		Snapshot	snapshot = RegisterSnapshot(GetCatalogSnapshot(DbRoleSettingRelationId));
+		List	   *settings = NIL;
+
+		collect_setting_entry(rel, snapshot, InvalidOid, InvalidOid, &settings);
+		collect_setting_entry(rel, snapshot, MyDatabaseId, InvalidOid, &settings);
+		collect_setting_entry(rel, snapshot, InvalidOid, role, &settings);
+		collect_setting_entry(rel, snapshot, MyDatabaseId, role, &settings);
+		UnregisterSnapshot(snapshot);
+		table_close(rel, AccessShareLock);
+		MemoryContextSwitchTo(oldcontext);
+
+		last_settings.settings = settings;
+		last_settings.role = role;
+		last_settings.lxid = MyProc->LOCAL_XID_FIELD;
+	}
 
 	ResetAllOptions();
 	(void) set_config_option("search_path", "\"$user\", public",
 							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SET,
 							 true, 0, false);
-	rel = table_open(DbRoleSettingRelationId, AccessShareLock);
-	snapshot = RegisterSnapshot(GetCatalogSnapshot(DbRoleSettingRelationId));
-	apply_setting_entry(rel, snapshot, InvalidOid, InvalidOid);
-	apply_setting_entry(rel, snapshot, MyDatabaseId, InvalidOid);
-	apply_setting_entry(rel, snapshot, InvalidOid, role);
-	apply_setting_entry(rel, snapshot, MyDatabaseId, role);
-	UnregisterSnapshot(snapshot);
-	table_close(rel, AccessShareLock);
+	for (lc = list_head(last_settings.settings); lc != NULL;
+		 lc = lnext(last_settings.settings, lnext(last_settings.settings, lc)))
+		(void) set_config_option(lfirst(lc),
+								 lfirst(lnext(last_settings.settings, lc)),
+								 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_SET,
+								 true, WARNING, false);
 }
 
 /*
