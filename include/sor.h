@@ -64,7 +64,6 @@ typedef struct SorTable
 typedef struct SorOwnership
 {
 	bool		owned;
-	bool		by_default;		/* from the domain's default owner */
 	char		site[NAMEDATALEN];
 	int64		epoch;
 } SorOwnership;
@@ -107,19 +106,23 @@ extern const char *sor_local_site(void);
 extern SorDomain *sor_lookup_domain(const char *name, bool missing_ok);
 extern SorTable *sor_lookup_table(Oid relid);
 extern void sor_lookup_owner(SorDomain *domain, const char *key,
-							 SorOwnership *result);
+							 uint64 record_hash, SorOwnership *result);
 extern char *sor_canonical_key(SorDomain *domain, const char *key);
 extern Oid	sor_key_family_type(Oid typid);
 extern bool sor_is_catalog_relation(Oid relid);
 
 /* lock.c */
-extern void sor_lock_record_for_write(const char *domain, const char *key);
+extern uint64 sor_record_hash(const char *domain, const char *key);
+extern void sor_lock_record_for_write(const char *domain, uint64 record_hash);
 extern void sor_lock_record_for_handoff(const char *domain, const char *key);
 extern void sor_lock_domain_for_handoff(const char *domain);
 
+/* functions.c */
+extern char *sor_required_text_arg(FunctionCallInfo fcinfo, int argno,
+								   const char *argname);
+
 /* launcher.c */
 extern void sor_launcher_init(void);
-extern bool sor_workers_available(void);
 extern void sor_wake_workers_at_commit(void);
 extern SorWorkerSlot *sor_worker_slot(int index);
 extern void sor_slot_lock(bool exclusive);

@@ -333,8 +333,8 @@ sor_key_family_type(Oid typid)
 	}
 }
 
-static SorDomain *
-lookup_domain(const char *name, bool missing_ok)
+SorDomain *
+sor_lookup_domain(const char *name, bool missing_ok)
 {
 	SorDomain  *domain;
 	SorDomain	loaded;
@@ -406,12 +406,6 @@ lookup_domain(const char *name, bool missing_ok)
 	domain = hash_search(domain_cache, hashkey, HASH_ENTER, &found);
 	*domain = loaded;
 	return domain;
-}
-
-SorDomain *
-sor_lookup_domain(const char *name, bool missing_ok)
-{
-	return lookup_domain(name, missing_ok);
 }
 
 /* The registration row of relid itself, or NULL. */
@@ -491,7 +485,7 @@ sor_lookup_table(Oid relid)
 						key_column, get_rel_name(relid))));
 	atttype = get_atttype(relid, attnum);
 
-	domain = lookup_domain(domain_name, false);
+	domain = sor_lookup_domain(domain_name, false);
 	getTypeOutputInfo(atttype, &func, &isvarlena);
 	fmgr_info_cxt(func, &key_output, cache_context);
 
@@ -505,17 +499,16 @@ sor_lookup_table(Oid relid)
 
 /*
  * Who owns (domain, key): its ownership entry, else the domain's default
- * owner, else nobody.  key must be in canonical form.
+ * owner, else nobody.  key must be in canonical form, record_hash its
+ * sor_record_hash().
  */
 void
-sor_lookup_owner(SorDomain *domain, const char *key, SorOwnership *result)
+sor_lookup_owner(SorDomain *domain, const char *key, uint64 record_hash,
+				 SorOwnership *result)
 {
 	size_t		dlen = strlen(domain->name);
-	size_t		klen = strlen(key);
-	Size		len = dlen + 1 + klen;
-	char	   *domain_key;
+	Size		len = dlen + 1 + strlen(key);
 	char	   *stored_key;
-	uint64		hash;
 	OwnerCacheEntry *entry;
 	bool		found;
 	ScanKeyData keys[2];
@@ -524,16 +517,12 @@ sor_lookup_owner(SorDomain *domain, const char *key, SorOwnership *result)
 
 	load_catalog();
 
-	domain_key = palloc(len + 1);
-	memcpy(domain_key, domain->name, dlen + 1);
-	memcpy(domain_key + dlen + 1, key, klen + 1);
-	hash = hash_bytes_extended((const unsigned char *) domain_key, len, 0);
-
-	entry = hash_search(owner_cache, &hash, HASH_FIND, NULL);
-	if (entry && entry->len == len && memcmp(entry->domain_key, domain_key, len) == 0)
+	entry = hash_search(owner_cache, &record_hash, HASH_FIND, NULL);
+	if (entry && entry->len == len &&
+		strcmp(entry->domain_key, domain->name) == 0 &&
+		strcmp(entry->domain_key + dlen + 1, key) == 0)
 	{
 		*result = entry->ownership;
-		pfree(domain_key);
 		return;
 	}
 
@@ -559,7 +548,6 @@ sor_lookup_owner(SorDomain *domain, const char *key, SorOwnership *result)
 	else if (domain->has_default)
 	{
 		result->owned = true;
-		result->by_default = true;
 		strlcpy(result->site, domain->default_site, NAMEDATALEN);
 		result->epoch = domain->default_epoch;
 	}
@@ -572,15 +560,15 @@ sor_lookup_owner(SorDomain *domain, const char *key, SorOwnership *result)
 		create_owner_cache();
 	}
 
-	stored_key = MemoryContextAlloc(owner_context, len);
-	memcpy(stored_key, domain_key, len);
-	entry = hash_search(owner_cache, &hash, HASH_ENTER, &found);
+	stored_key = MemoryContextAlloc(owner_context, len + 1);
+	memcpy(stored_key, domain->name, dlen + 1);
+	strcpy(stored_key + dlen + 1, key);
+	entry = hash_search(owner_cache, &record_hash, HASH_ENTER, &found);
 	if (found)
 		pfree(entry->domain_key);
 	entry->domain_key = stored_key;
 	entry->len = len;
 	entry->ownership = *result;
-	pfree(domain_key);
 }
 
 /*

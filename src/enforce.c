@@ -79,6 +79,7 @@ check_record(Relation rel, HeapTuple tuple)
 	Datum		value;
 	bool		isnull;
 	char	   *key;
+	uint64		record_hash;
 	uint64		generation;
 	const char *local;
 	SorOwnership owner;
@@ -97,10 +98,11 @@ check_record(Relation rel, HeapTuple tuple)
 						qualified_name(rel)),
 				 errdetail("Every row of a registered table belongs to the record its key names.")));
 	key = OutputFunctionCall(&table->key_output, value);
+	record_hash = sor_record_hash(table->domain->name, key);
 
 	/* Lock first, then check: a hand-off that committed meanwhile is seen. */
 	generation = sor_cache_generation();
-	sor_lock_record_for_write(table->domain->name, key);
+	sor_lock_record_for_write(table->domain->name, record_hash);
 	sor_cache_revalidate();
 	if (generation != sor_cache_generation() &&
 		(table = sor_lookup_table(relid)) == NULL)
@@ -114,7 +116,7 @@ check_record(Relation rel, HeapTuple tuple)
 						qualified_name(rel)),
 				 errhint("An administrator names this site with sor.set_local_site().")));
 
-	sor_lookup_owner(table->domain, key, &owner);
+	sor_lookup_owner(table->domain, key, record_hash, &owner);
 	if (!owner.owned)
 		ereport(ERROR,
 				(errcode(ERRCODE_SOR_NO_OWNER),

@@ -33,8 +33,8 @@ PG_FUNCTION_INFO_V1(sor_call_with_invoker);
 PG_FUNCTION_INFO_V1(sor_local_site_sql);
 
 /* Text argument argno, which must be neither NULL nor empty. */
-static char *
-required_text_arg(FunctionCallInfo fcinfo, int argno, const char *argname)
+char *
+sor_required_text_arg(FunctionCallInfo fcinfo, int argno, const char *argname)
 {
 	char	   *value;
 
@@ -58,15 +58,16 @@ required_text_arg(FunctionCallInfo fcinfo, int argno, const char *argname)
 Datum
 sor_owner_of(PG_FUNCTION_ARGS)
 {
-	char	   *domain_name = required_text_arg(fcinfo, 0, "domain");
-	char	   *key = required_text_arg(fcinfo, 1, "key");
+	char	   *domain_name = sor_required_text_arg(fcinfo, 0, "domain");
+	char	   *key = sor_required_text_arg(fcinfo, 1, "key");
 	SorDomain  *domain;
 	SorOwnership owner;
 
 	AcceptInvalidationMessages();
 	sor_cache_revalidate();
 	domain = sor_lookup_domain(domain_name, false);
-	sor_lookup_owner(domain, sor_canonical_key(domain, key), &owner);
+	key = sor_canonical_key(domain, key);
+	sor_lookup_owner(domain, key, sor_record_hash(domain->name, key), &owner);
 	if (!owner.owned)
 		PG_RETURN_NULL();
 	PG_RETURN_TEXT_P(cstring_to_text(owner.site));
@@ -80,8 +81,8 @@ sor_owner_of(PG_FUNCTION_ARGS)
 Datum
 sor_canonical_key_sql(PG_FUNCTION_ARGS)
 {
-	char	   *domain_name = required_text_arg(fcinfo, 0, "domain");
-	char	   *key = required_text_arg(fcinfo, 1, "key");
+	char	   *domain_name = sor_required_text_arg(fcinfo, 0, "domain");
+	char	   *key = sor_required_text_arg(fcinfo, 1, "key");
 	SorDomain  *domain;
 
 	sor_cache_revalidate();
@@ -115,8 +116,8 @@ sor_key_type_family(PG_FUNCTION_ARGS)
 Datum
 sor_lock_record_for_handoff_sql(PG_FUNCTION_ARGS)
 {
-	sor_lock_record_for_handoff(required_text_arg(fcinfo, 0, "domain"),
-								required_text_arg(fcinfo, 1, "key"));
+	sor_lock_record_for_handoff(sor_required_text_arg(fcinfo, 0, "domain"),
+								sor_required_text_arg(fcinfo, 1, "key"));
 	PG_RETURN_VOID();
 }
 
@@ -129,7 +130,7 @@ sor_lock_record_for_handoff_sql(PG_FUNCTION_ARGS)
 Datum
 sor_lock_domain_for_handoff_sql(PG_FUNCTION_ARGS)
 {
-	sor_lock_domain_for_handoff(required_text_arg(fcinfo, 0, "domain"));
+	sor_lock_domain_for_handoff(sor_required_text_arg(fcinfo, 0, "domain"));
 	PG_RETURN_VOID();
 }
 

@@ -211,12 +211,6 @@ sor_launcher_init(void)
 	RegisterBackgroundWorker(&worker);
 }
 
-bool
-sor_workers_available(void)
-{
-	return shared != NULL;
-}
-
 /*
  * The slot of a worker, for the worker itself.  It sets the PGPROC that
  * wake-ups signal, and clears it when it exits.

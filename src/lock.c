@@ -69,19 +69,24 @@ set_domain_tag(LOCKTAG *tag, const char *domain)
 						 SOR_LOCK_DOMAIN);
 }
 
-static void
-set_record_tag(LOCKTAG *tag, const char *domain, const char *key)
+/*
+ * The hash that names a record, in its lock and in the ownership cache:
+ * of "domain\0key", so that ("ab", "c") and ("a", "bc") differ.
+ */
+uint64
+sor_record_hash(const char *domain, const char *key)
 {
-	size_t		dlen = strlen(domain);
-	size_t		klen = strlen(key);
 	uint64		h;
 
-	/* hash "domain\0key" so that ("ab", "c") and ("a", "bc") differ */
-	h = hash_bytes_extended((const unsigned char *) domain, dlen + 1, 0);
-	h = hash_bytes_extended((const unsigned char *) key, klen, h);
+	h = hash_bytes_extended((const unsigned char *) domain, strlen(domain) + 1, 0);
+	return hash_bytes_extended((const unsigned char *) key, strlen(key), h);
+}
 
-	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h,
-						 SOR_LOCK_RECORD);
+static void
+set_record_tag(LOCKTAG *tag, uint64 record_hash)
+{
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, (uint32) (record_hash >> 32),
+						 (uint32) record_hash, SOR_LOCK_RECORD);
 }
 
 /* Per domain: the locks the current transaction holds for writing. */
@@ -135,7 +140,7 @@ get_write_lock_state(const char *domain)
  * asking for a lock already held is a local hash probe.
  */
 void
-sor_lock_record_for_write(const char *domain, const char *key)
+sor_lock_record_for_write(const char *domain, uint64 record_hash)
 {
 	WriteLockState *state = get_write_lock_state(domain);
 	LOCKTAG		tag;
@@ -153,7 +158,7 @@ sor_lock_record_for_write(const char *domain, const char *key)
 	}
 	else
 	{
-		set_record_tag(&tag, domain, key);
+		set_record_tag(&tag, record_hash);
 		if (LockAcquire(&tag, ShareLock, false, false) != LOCKACQUIRE_ALREADY_HELD)
 		{
 			newly_locked = true;
@@ -213,7 +218,7 @@ sor_lock_record_for_handoff(const char *domain, const char *key)
 	{
 		set_domain_tag(&tag, domain);
 		(void) LockAcquire(&tag, RowExclusiveLock, false, false);
-		set_record_tag(&tag, domain, key);
+		set_record_tag(&tag, sor_record_hash(domain, key));
 		if (LockAcquire(&tag, ExclusiveLock, false, false) != LOCKACQUIRE_ALREADY_HELD)
 			handoff_locks++;
 	}

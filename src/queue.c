@@ -168,23 +168,6 @@ set_group_tag(LOCKTAG *tag, const char *group_key, uint16 lockclass)
 						 lockclass);
 }
 
-static char *
-required_group_key(FunctionCallInfo fcinfo)
-{
-	char	   *group_key;
-
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("group key must not be null")));
-	group_key = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	if (group_key[0] == '\0')
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("group key must not be empty")));
-	return group_key;
-}
-
 /*
  * sor.lock_group_for_enqueue(group_key text): the producer lock (see the top
  * of the file); the workers are woken when the transaction commits.
@@ -195,7 +178,7 @@ sor_lock_group_for_enqueue(PG_FUNCTION_ARGS)
 {
 	LOCKTAG		tag;
 
-	set_group_tag(&tag, required_group_key(fcinfo), SOR_LOCK_ENQUEUE);
+	set_group_tag(&tag, sor_required_text_arg(fcinfo, 0, "group key"), SOR_LOCK_ENQUEUE);
 	(void) LockAcquire(&tag, ExclusiveLock, false, false);
 	sor_wake_workers_at_commit();
 	PG_RETURN_VOID();
@@ -211,7 +194,7 @@ sor_lock_group_for_change(PG_FUNCTION_ARGS)
 {
 	LOCKTAG		tag;
 
-	set_group_tag(&tag, required_group_key(fcinfo), SOR_LOCK_GROUP);
+	set_group_tag(&tag, sor_required_text_arg(fcinfo, 0, "group key"), SOR_LOCK_GROUP);
 	(void) LockAcquire(&tag, ExclusiveLock, false, false);
 	sor_wake_workers_at_commit();
 	PG_RETURN_VOID();
