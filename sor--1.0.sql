@@ -53,6 +53,11 @@ CREATE TABLE @extschema@.owner_entry (
     site        text COLLATE "C" NOT NULL REFERENCES @extschema@.site,
     epoch       bigint NOT NULL CHECK (epoch > 0),
     changed_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    -- the site that handed the record over, for a transfer; else NULL
+    from_site   text COLLATE "C",
+    -- set where a transfer arrives by replication: the new owner writes
+    -- once every other site has acknowledged the hand-off (handoff_ack)
+    awaiting_acks boolean NOT NULL DEFAULT false,
     PRIMARY KEY (domain, key)
 );
 
@@ -74,6 +79,39 @@ CREATE TABLE @extschema@.ownership_history (
     PRIMARY KEY (recorded_at_site, seq)
 );
 
+-- Acknowledgements of hand-offs: site has applied every change that the
+-- record's previous owner made before it handed the record over at epoch
+-- (or a later one).  Each row is written only by its site, and travels to
+-- every other site.
+CREATE TABLE @extschema@.handoff_ack (
+    domain      text COLLATE "C" NOT NULL,
+    key         text COLLATE "C" NOT NULL,
+    site        text COLLATE "C" NOT NULL,
+    epoch       bigint NOT NULL,
+    acked_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (domain, key, site)
+);
+
+-- Changes that arrived by replication and were not applied, and rows that
+-- a takeover displaced: kept here, per site, until an operator applies or
+-- discards them (sor.apply_conflict, sor.discard_conflict).  Never
+-- replicated.
+CREATE TABLE @extschema@.conflict (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    noted_at    timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    reason      text NOT NULL CHECK (reason IN ('not_owner', 'displaced')),
+    origin_site text COLLATE "C",
+    owner_site  text COLLATE "C",
+    epoch       bigint,
+    tbl         regclass NOT NULL,
+    domain      text COLLATE "C" NOT NULL,
+    key         text COLLATE "C" NOT NULL,
+    operation   text NOT NULL CHECK (operation IN ('INSERT', 'UPDATE', 'DELETE')),
+    old_row     jsonb,
+    new_row     jsonb
+);
+CREATE INDEX conflict_record ON @extschema@.conflict (domain, key);
+
 -- Never read or written: every writer of a registered table holds a weak
 -- lock on it, which changes of many records at once wait for (see
 -- src/lock.c).
@@ -85,6 +123,8 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.domain', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.registered_table', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.owner_entry', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.ownership_history', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.handoff_ack', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.conflict', '');
 
 CREATE VIEW @extschema@.ownership AS
     SELECT domain, key, site, epoch, changed_at
@@ -222,11 +262,20 @@ CREATE FUNCTION @extschema@.set_owner(d @extschema@.domain, key text,
     LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    INSERT INTO @extschema@.owner_entry AS e (domain, key, site, epoch)
-    VALUES (d.name, key, to_site, epoch)
+    INSERT INTO @extschema@.owner_entry AS e (domain, key, site, epoch,
+                                              from_site)
+    VALUES (d.name, key, to_site, epoch,
+            CASE WHEN action = 'transfer' THEN from_site END)
     ON CONFLICT ON CONSTRAINT owner_entry_pkey DO UPDATE
        SET site = excluded.site, epoch = excluded.epoch,
-           changed_at = pg_catalog.now();
+           changed_at = pg_catalog.now(), from_site = excluded.from_site,
+           awaiting_acks = false;
+
+    -- a takeover sends this site's copy of the record to every site, after
+    -- the new entry and before the history row (see displace_record)
+    IF action = 'takeover' THEN
+        PERFORM @extschema@.republish(d, key);
+    END IF;
 
     INSERT INTO @extschema@.ownership_history
            (recorded_at_site, domain, key, action, from_site, to_site, epoch,
@@ -246,6 +295,170 @@ AS $$
       FROM pg_catalog.pg_class c
       JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
      WHERE c.oid OPERATOR(pg_catalog.=) rel
+$$;
+
+-- The sites that have not yet acknowledged the hand-off of (domain, key)
+-- to this site, as a quoted list, or NULL.  Only a transfer that arrived by
+-- replication waits for acknowledgements (owner_entry.awaiting_acks).
+CREATE FUNCTION @extschema@.missing_acks(d @extschema@.domain, key text)
+    RETURNS text
+    LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT pg_catalog.string_agg(pg_catalog.format('"%s"', s.name), ', '
+                                 ORDER BY s.name)
+      FROM @extschema@.owner_entry e
+      JOIN @extschema@.site s
+        ON s.name OPERATOR(pg_catalog.<>) e.site
+       AND s.name OPERATOR(pg_catalog.<>) e.from_site
+     WHERE e.domain OPERATOR(pg_catalog.=) d.name
+       AND e.key OPERATOR(pg_catalog.=) missing_acks.key
+       AND e.awaiting_acks
+       AND NOT EXISTS (SELECT FROM @extschema@.handoff_ack a
+                        WHERE a.domain OPERATOR(pg_catalog.=) e.domain
+                          AND a.key OPERATOR(pg_catalog.=) e.key
+                          AND a.site OPERATOR(pg_catalog.=) s.name
+                          AND a.epoch OPERATOR(pg_catalog.>=) e.epoch)
+$$;
+
+-- The same, by domain name, for the cache in catalog.c.
+CREATE FUNCTION @extschema@.missing_acks(domain text, key text) RETURNS text
+    LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT @extschema@.missing_acks(d, key)
+      FROM @extschema@.domain d WHERE d.name OPERATOR(pg_catalog.=) domain
+$$;
+
+-- A condition on the key column of one of d's tables, for format(): the
+-- record key (NULL: every record of d that has no entry of its own).
+CREATE FUNCTION @extschema@.record_condition(d @extschema@.domain,
+                                             key_column name, key text)
+    RETURNS text
+    LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN key IS NOT NULL
+                THEN pg_catalog.format('%I = %L::%s', key_column, key, d.key_type)
+                ELSE pg_catalog.format('NOT EXISTS (SELECT FROM @extschema@.owner_entry e'
+                                       ' WHERE e.domain = %L AND e.key = %I::text)',
+                                       d.name, key_column)
+           END
+$$;
+
+-- The columns of rel that an INSERT may set, quoted and comma-separated.
+CREATE FUNCTION @extschema@.insertable_columns(rel regclass) RETURNS text
+    LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', '
+                                 ORDER BY a.attnum)
+      FROM pg_catalog.pg_attribute a
+     WHERE a.attrelid OPERATOR(pg_catalog.=) rel AND a.attnum OPERATOR(pg_catalog.>) 0
+       AND NOT a.attisdropped AND a.attgenerated OPERATOR(pg_catalog.=) ''
+$$;
+
+/*
+ * After a takeover, at the site that took over: write the rows of the
+ * record (key NULL: of every record of d without an entry of its own) again
+ * as they are here, so that they travel to every other site, which has set
+ * its own copy aside (displace_record).  The rows are deleted and inserted
+ * again with session_replication_role = replica, so that neither triggers
+ * nor foreign-key actions fire: nothing changes here.
+ */
+CREATE FUNCTION @extschema@.republish(d @extschema@.domain, key text)
+    RETURNS void
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t record;
+    cols text;
+    role text := pg_catalog.current_setting('session_replication_role');
+BEGIN
+    PERFORM pg_catalog.set_config('session_replication_role', 'replica', true);
+    FOR t IN SELECT r.tbl, r.key_column FROM @extschema@.registered_table r
+              WHERE r.domain = d.name ORDER BY r.tbl::oid
+    LOOP
+        cols := @extschema@.insertable_columns(t.tbl);
+        EXECUTE format('WITH gone AS (DELETE FROM %s WHERE %s RETURNING *)'
+                       ' INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM gone',
+                       t.tbl, @extschema@.record_condition(d, t.key_column, key),
+                       t.tbl, cols, cols);
+    END LOOP;
+    PERFORM pg_catalog.set_config('session_replication_role', role, true);
+END
+$$;
+
+/*
+ * At a site where a takeover arrives by replication: set aside this site's
+ * rows of the record (key NULL: of every record of d without an entry), as
+ * conflicts of reason 'displaced', and delete them.  The site that took
+ * over sends its own rows next (republish); prune_displaced() then drops
+ * the set-aside rows that equal what arrived.  Called by the catalog
+ * trigger, which lets these deletes pass the enforcement trigger.
+ */
+CREATE FUNCTION @extschema@.displace_record(domain text, key text,
+                                            previous_owner text,
+                                            new_owner text, epoch bigint)
+    RETURNS void
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    d @extschema@.domain := @extschema@.existing_domain(domain);
+    t record;
+BEGIN
+    FOR t IN SELECT r.tbl, r.key_column FROM @extschema@.registered_table r
+              WHERE r.domain = d.name ORDER BY r.tbl::oid
+    LOOP
+        EXECUTE format('WITH gone AS (DELETE FROM %s x WHERE %s RETURNING x.*)'
+                       ' INSERT INTO @extschema@.conflict (reason, origin_site, owner_site,'
+                       '     epoch, tbl, domain, key, operation, new_row)'
+                       ' SELECT ''displaced'', $1, $2, $3, $4, $5, %I::text, ''INSERT'','
+                       '        pg_catalog.to_jsonb(gone)'
+                       '   FROM gone',
+                       t.tbl, @extschema@.record_condition(d, t.key_column, key),
+                       t.key_column)
+            USING previous_owner, new_owner, epoch, t.tbl, d.name;
+    END LOOP;
+END
+$$;
+
+-- The end of a takeover that arrived by replication: forget the displaced
+-- rows that equal a row the new owner sent.
+CREATE FUNCTION @extschema@.prune_displaced(domain text, key text)
+    RETURNS void
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    d @extschema@.domain := @extschema@.existing_domain(domain);
+    t record;
+BEGIN
+    FOR t IN SELECT r.tbl, r.key_column FROM @extschema@.registered_table r
+              WHERE r.domain = d.name
+    LOOP
+        EXECUTE format('DELETE FROM @extschema@.conflict c'
+                       ' WHERE c.reason = ''displaced'' AND c.tbl = $1'
+                       '   AND c.domain = $2 AND ($3 IS NULL OR c.key = $3)'
+                       '   AND EXISTS (SELECT FROM %s x'
+                       '                WHERE x.%I = c.key::%s'
+                       '                  AND pg_catalog.to_jsonb(x) = c.new_row)',
+                       t.tbl, t.key_column, d.key_type)
+            USING t.tbl, d.name, key;
+    END LOOP;
+END
+$$;
+
+-- Keep a change that arrived by replication and was not applied (called by
+-- the enforcement trigger; row images come as jsonb).
+CREATE FUNCTION @extschema@.set_aside(origin_site text, owner_site text,
+                                      epoch bigint, tbl regclass,
+                                      domain text, key text,
+                                      operation text, old_row jsonb,
+                                      new_row jsonb)
+    RETURNS void
+    LANGUAGE sql SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO @extschema@.conflict (reason, origin_site, owner_site, epoch,
+                                      tbl, domain, key, operation, old_row,
+                                      new_row)
+    VALUES ('not_owner', origin_site, owner_site, epoch, tbl, domain, key,
+            operation, old_row, new_row)
 $$;
 
 -- The start of every change of one record's owner: the domain, the local
@@ -684,6 +897,7 @@ BEGIN
 
     PERFORM @extschema@.check_protection(t, tbl, true)
        FROM @extschema@.table_and_partitions(tbl) t;
+    PERFORM @extschema@.replicate(tbl);
 END
 $$;
 
@@ -754,6 +968,7 @@ CREATE FUNCTION @extschema@.transfer_impl(domain text, key text, to_site text,
 AS $$
 DECLARE
     r record;
+    waiting text;
 BEGIN
     PERFORM @extschema@.existing_site(to_site, 'target site');
     IF to_site = @extschema@.local_site() THEN
@@ -772,6 +987,14 @@ BEGIN
             USING ERRCODE = 'SR001',
                   DETAIL = format('Only the owner transfers a record; this is site "%s".', r.local),
                   HINT = format('Call sor.transfer() at site "%s".', r.site);
+    END IF;
+    waiting := @extschema@.missing_acks(r.d, r.k);
+    IF waiting IS NOT NULL THEN
+        RAISE EXCEPTION 'cannot transfer key "%" of domain "%" yet: the hand-off to this site is not acknowledged by site %',
+                        r.k, (r.d).name, waiting
+            USING ERRCODE = 'SR005',
+                  DETAIL = 'A site acknowledges a hand-off once it has applied every change the previous owner made before it.',
+                  HINT = 'Try again once those sites have caught up; sor.handoffs shows what is in flight.';
     END IF;
     PERFORM @extschema@.set_owner(r.d, r.k, 'transfer', r.local, to_site, r.epoch + 1, invoker);
     RETURN r.epoch + 1;
@@ -828,6 +1051,7 @@ BEGIN
         UPDATE @extschema@.domain
            SET default_site = local, default_epoch = default_epoch + 1
          WHERE name = d.name;
+        PERFORM @extschema@.republish(d, NULL);
         INSERT INTO @extschema@.ownership_history
                (recorded_at_site, domain, key, action, from_site, to_site,
                 epoch, changed_by)
@@ -1189,6 +1413,414 @@ END
 $$;
 
 /*
+ * Sites together
+ *
+ * Copies travel by pglogical (see the README).  The functions here join
+ * this database to the others, acknowledge hand-offs, and let an operator
+ * see and settle what replication brought that was not applied.
+ */
+
+-- Command handler: this site acknowledges the hand-off of a record (run by
+-- a worker, in a transaction of this site's own, so that the
+-- acknowledgement travels in this site's stream).
+CREATE FUNCTION @extschema@.acknowledge_handoff(payload jsonb) RETURNS void
+    LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO @extschema@.handoff_ack AS a (domain, key, site, epoch)
+    VALUES (payload OPERATOR(pg_catalog.->>) 'domain',
+            payload OPERATOR(pg_catalog.->>) 'key',
+            @extschema@.required_local_site(),
+            (payload OPERATOR(pg_catalog.->>) 'epoch')::bigint)
+    ON CONFLICT (domain, key, site) DO UPDATE
+       SET epoch = GREATEST(a.epoch, excluded.epoch),
+           acked_at = pg_catalog.now()
+$$;
+
+-- Ask this site's workers to acknowledge a hand-off (called by the catalog
+-- trigger while a transfer is applied).
+CREATE FUNCTION @extschema@.request_ack(domain text, key text, epoch bigint)
+    RETURNS void
+    LANGUAGE sql SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT @extschema@.enqueue('sor.handoff_ack',
+                               '@extschema@.acknowledge_handoff(jsonb)'::regprocedure,
+                               pg_catalog.jsonb_build_object('domain', domain,
+                                                             'key', key,
+                                                             'epoch', epoch))
+$$;
+
+-- pglogical, or an error that says how to get it.
+CREATE FUNCTION @extschema@.require_pglogical(need_node boolean) RETURNS void
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'pglogical') THEN
+        RAISE EXCEPTION 'extension "pglogical" is not installed'
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'Run CREATE EXTENSION pglogical; the server needs wal_level = logical and shared_preload_libraries = ''pglogical, sor''.';
+    END IF;
+    IF need_node AND NOT @extschema@.is_node() THEN
+        RAISE EXCEPTION 'this database is not a replication node yet'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Call sor.create_node() first.';
+    END IF;
+END
+$$;
+
+-- Whether this database is a pglogical node.
+CREATE FUNCTION @extschema@.is_node() RETURNS boolean
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    found boolean;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'pglogical') THEN
+        RETURN false;
+    END IF;
+    EXECUTE 'SELECT EXISTS (SELECT FROM pglogical.local_node)' INTO found;
+    RETURN found;
+END
+$$;
+
+-- The tables that travel between sites: the part of the sor catalog that
+-- all sites share, and every registered table (its leaf partitions).
+CREATE FUNCTION @extschema@.replicated_tables() RETURNS SETOF regclass
+    LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT t::regclass
+      FROM pg_catalog.unnest(ARRAY['@extschema@.site', '@extschema@.domain',
+                                   '@extschema@.owner_entry',
+                                   '@extschema@.ownership_history',
+                                   '@extschema@.handoff_ack']) AS t
+    UNION ALL
+    SELECT p
+      FROM @extschema@.registered_table r,
+           LATERAL @extschema@.table_and_partitions(r.tbl) AS p
+     WHERE (SELECT c.relkind FROM pg_catalog.pg_class c
+             WHERE c.oid OPERATOR(pg_catalog.=) p) OPERATOR(pg_catalog.=) 'r'
+$$;
+
+-- Put rel (and its partitions) in the replication set "sor", if this
+-- database is a node.
+CREATE FUNCTION @extschema@.replicate(rel regclass) RETURNS void
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    part regclass;
+BEGIN
+    IF NOT @extschema@.is_node() THEN
+        RETURN;
+    END IF;
+    FOR part IN SELECT p FROM @extschema@.table_and_partitions(rel) p
+                 WHERE (SELECT relkind FROM pg_class WHERE oid = p) = 'r'
+    LOOP
+        EXECUTE 'SELECT pglogical.replication_set_add_table($1, $2, false)
+                  WHERE NOT EXISTS (SELECT FROM pglogical.tables
+                                     WHERE set_name = $1
+                                       AND format(''%I.%I'', nspname, relname)::regclass = $2)'
+            USING 'sor', part;
+    END LOOP;
+END
+$$;
+
+CREATE FUNCTION @extschema@.create_node(dsn text) RETURNS void
+    LANGUAGE C AS 'MODULE_PATHNAME', 'sor_call_with_invoker';
+
+CREATE FUNCTION @extschema@.create_node_impl(dsn text, invoker oid)
+    RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    local text := @extschema@.required_local_site();
+BEGIN
+    PERFORM @extschema@.required(dsn, 'connection string');
+    PERFORM @extschema@.require_pglogical(false);
+    IF @extschema@.is_node() THEN
+        RAISE EXCEPTION 'this database is already a replication node'
+            USING ERRCODE = 'duplicate_object';
+    END IF;
+    EXECUTE 'SELECT pglogical.create_node(node_name := $1, dsn := $2)'
+        USING local, dsn;
+    EXECUTE 'SELECT pglogical.create_replication_set($1, replicate_insert := true,
+                 replicate_update := true, replicate_delete := true,
+                 replicate_truncate := false)'
+        USING 'sor';
+    PERFORM @extschema@.replicate(t) FROM @extschema@.replicated_tables() t;
+END
+$$;
+
+CREATE FUNCTION @extschema@.subscribe(site text, dsn text) RETURNS void
+    LANGUAGE C AS 'MODULE_PATHNAME', 'sor_call_with_invoker';
+
+CREATE FUNCTION @extschema@.subscribe_impl(site text, dsn text, invoker oid)
+    RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    local text := @extschema@.required_local_site();
+BEGIN
+    PERFORM @extschema@.existing_site(site, 'site');
+    PERFORM @extschema@.required(dsn, 'connection string');
+    IF site = local THEN
+        RAISE EXCEPTION 'cannot subscribe to the local site "%"', local
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM @extschema@.require_pglogical(true);
+    -- forward_origins '{}': only changes made at that site, so nothing loops
+    EXECUTE 'SELECT pglogical.create_subscription(subscription_name := $1,
+                 provider_dsn := $2, replication_sets := ARRAY[''sor''],
+                 synchronize_structure := false, synchronize_data := false,
+                 forward_origins := ''{}'')'
+        USING @extschema@.subscription_name(site), dsn;
+END
+$$;
+
+-- The name of this site's subscription to site.
+CREATE FUNCTION @extschema@.subscription_name(site text) RETURNS text
+    LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT pg_catalog.format('sor_%s_to_%s', site, @extschema@.local_site())
+$$;
+
+/*
+ * The site whose changes arrive through the replication origin called
+ * origin_name, or NULL.  A pglogical subscription's origin is named after
+ * its slot, and its provider node after its site (sor.create_node).  A
+ * built-in subscription's origin is pg_<oid>; name the subscription
+ * sor_<site>_to_<local site>.  Any other replication tool may name its
+ * origin sor_<site>.
+ */
+CREATE FUNCTION @extschema@.origin_site(origin_name text) RETURNS text
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    found_site text;
+BEGIN
+    IF EXISTS (SELECT FROM pg_extension WHERE extname = 'pglogical') THEN
+        EXECUTE 'SELECT n.node_name::text
+                   FROM pglogical.subscription s
+                   JOIN pglogical.node n ON n.node_id = s.sub_origin
+                  WHERE s.sub_slot_name = $1'
+            INTO found_site USING origin_name;
+    END IF;
+    IF found_site IS NULL THEN
+        SELECT substring(s.subname from '^sor_(.*)_to_' || @extschema@.local_site() || '$')
+          INTO found_site
+          FROM pg_subscription s
+         WHERE 'pg_' || s.oid = origin_name;
+    END IF;
+    IF found_site IS NULL THEN
+        found_site := substring(origin_name from '^sor_(.*)$');
+    END IF;
+    RETURN (SELECT s.name FROM @extschema@.site s WHERE s.name = found_site);
+END
+$$;
+
+/*
+ * Visibility
+ */
+
+-- Every site: whether it is this one, how this site receives its changes
+-- (the subscription's status) and how far behind it is in receiving this
+-- site's changes (the replication slot of its subscription here), changes
+-- from it set aside here, and hand-offs it has yet to acknowledge.
+CREATE FUNCTION @extschema@.site_status(
+    OUT site text, OUT is_local boolean, OUT subscription text,
+    OUT subscription_status text, OUT sending_lag_bytes numeric,
+    OUT replay_lag interval, OUT conflicts bigint,
+    OUT acks_missing bigint)
+    RETURNS SETOF record
+    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    s record;
+    local text := @extschema@.local_site();
+BEGIN
+    FOR s IN SELECT name FROM @extschema@.site ORDER BY name LOOP
+        site := s.name;
+        is_local := s.name = local;
+        subscription := NULL;
+        subscription_status := NULL;
+        sending_lag_bytes := NULL;
+        replay_lag := NULL;
+        IF NOT is_local AND @extschema@.is_node() THEN
+            subscription := @extschema@.subscription_name(s.name);
+            EXECUTE 'SELECT status FROM pglogical.show_subscription_status($1)'
+                INTO subscription_status USING subscription;
+            -- the sender of this site's changes to site: its subscription
+            -- connects with the subscription's name
+            SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), r.confirmed_flush_lsn),
+                   a.replay_lag
+              INTO sending_lag_bytes, replay_lag
+              FROM pg_stat_replication a
+              JOIN pg_replication_slots r ON r.active_pid = a.pid
+             WHERE a.application_name = format('sor_%s_to_%s', local, s.name);
+        END IF;
+        SELECT count(*) INTO conflicts FROM @extschema@.conflict c
+         WHERE c.origin_site = s.name;
+        SELECT count(*) INTO acks_missing FROM @extschema@.handoffs h
+         WHERE s.name = ANY (h.waiting_for);
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+-- Hand-offs in flight: transfers whose new owner waits for other sites to
+-- acknowledge them before it may write.
+CREATE VIEW @extschema@.handoffs AS
+    SELECT e.domain, e.key, e.from_site, e.site AS to_site, e.epoch,
+           e.changed_at,
+           pg_catalog.array_agg(s.name ORDER BY s.name) AS waiting_for
+      FROM @extschema@.owner_entry e
+      JOIN @extschema@.site s
+        ON s.name OPERATOR(pg_catalog.<>) e.site
+       AND s.name OPERATOR(pg_catalog.<>) e.from_site
+     WHERE e.from_site IS NOT NULL
+       AND NOT EXISTS (SELECT FROM @extschema@.handoff_ack a
+                        WHERE a.domain OPERATOR(pg_catalog.=) e.domain
+                          AND a.key OPERATOR(pg_catalog.=) e.key
+                          AND a.site OPERATOR(pg_catalog.=) s.name
+                          AND a.epoch OPERATOR(pg_catalog.>=) e.epoch)
+     GROUP BY e.domain, e.key, e.from_site, e.site, e.epoch, e.changed_at;
+
+CREATE VIEW @extschema@.sites AS
+    SELECT * FROM @extschema@.site_status();
+
+-- Changes set aside here (see sor.conflict).
+CREATE VIEW @extschema@.conflicts AS
+    SELECT id, noted_at, reason, origin_site, owner_site, epoch, tbl, domain,
+           key, operation, old_row, new_row
+      FROM @extschema@.conflict;
+
+-- Writes refused here since the server started, per table and owner.
+CREATE FUNCTION @extschema@.refused_write_counts(
+    OUT tbl regclass, OUT owner_site text, OUT refused bigint,
+    OUT last_refused_at timestamptz, OUT last_application_name text)
+    RETURNS SETOF record
+    LANGUAGE C AS 'MODULE_PATHNAME', 'sor_refused_write_counts';
+
+CREATE VIEW @extschema@.refused_writes AS
+    SELECT * FROM @extschema@.refused_write_counts();
+
+-- The columns that name a row of rel: its primary key, else its replica
+-- identity index.
+CREATE FUNCTION @extschema@.row_identity(rel regclass) RETURNS text
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cols text;
+BEGIN
+    SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY k.n) INTO cols
+      FROM (SELECT i.indrelid, i.indkey
+              FROM pg_index i
+             WHERE i.indrelid = rel AND (i.indisprimary OR i.indisreplident)
+             ORDER BY i.indisprimary DESC LIMIT 1) x,
+           LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, n)
+      JOIN pg_attribute a ON a.attrelid = rel AND a.attnum = k.attnum;
+    IF cols IS NULL THEN
+        RAISE EXCEPTION 'table "%" has no primary key', @extschema@.display_name(rel)
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    RETURN cols;
+END
+$$;
+
+CREATE FUNCTION @extschema@.apply_conflict(id bigint) RETURNS void
+    LANGUAGE C AS 'MODULE_PATHNAME', 'sor_call_with_invoker';
+
+/*
+ * Apply a set-aside change here, as a write of this site: the enforcement
+ * trigger lets it through only at the record's owner, and it travels to the
+ * other sites like any write.  An INSERT or UPDATE writes the row image
+ * (updating the row with its identity, else inserting it); a DELETE deletes
+ * the row with the old image's identity.
+ */
+CREATE FUNCTION @extschema@.apply_conflict_impl(id bigint, invoker oid)
+    RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c @extschema@.conflict;
+    cols text;
+    ident text;
+BEGIN
+    c := @extschema@.existing_conflict(id);
+    IF NOT has_table_privilege(invoker, c.tbl,
+                               CASE c.operation WHEN 'DELETE' THEN 'DELETE'
+                                                ELSE 'INSERT, UPDATE' END) THEN
+        RAISE EXCEPTION 'permission denied for table %', @extschema@.display_name(c.tbl)
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    ident := @extschema@.row_identity(c.tbl);
+    IF c.operation = 'DELETE' THEN
+        EXECUTE format('DELETE FROM %s WHERE (%s) = (SELECT %s FROM jsonb_populate_record(NULL::%s, $1))',
+                       c.tbl, ident, ident, c.tbl)
+            USING c.old_row;
+    ELSE
+        cols := @extschema@.insertable_columns(c.tbl);
+        EXECUTE format('UPDATE %s SET (%s) = (SELECT %s FROM jsonb_populate_record(NULL::%s, $1))'
+                       ' WHERE (%s) = (SELECT %s FROM jsonb_populate_record(NULL::%s, $2))',
+                       c.tbl, cols, cols, c.tbl, ident, ident, c.tbl)
+            USING c.new_row, coalesce(c.old_row, c.new_row);
+        IF NOT FOUND THEN
+            EXECUTE format('INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE'
+                           ' SELECT %s FROM jsonb_populate_record(NULL::%s, $1)',
+                           c.tbl, cols, cols, c.tbl)
+                USING c.new_row;
+        END IF;
+    END IF;
+    DELETE FROM @extschema@.conflict x WHERE x.id = c.id;
+END
+$$;
+
+CREATE FUNCTION @extschema@.discard_conflict(id bigint) RETURNS void
+    LANGUAGE C AS 'MODULE_PATHNAME', 'sor_call_with_invoker';
+
+CREATE FUNCTION @extschema@.discard_conflict_impl(id bigint, invoker oid)
+    RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM @extschema@.existing_conflict(id);
+    DELETE FROM @extschema@.conflict c WHERE c.id = discard_conflict_impl.id;
+END
+$$;
+
+-- The set-aside change id, locked, or an error.
+CREATE FUNCTION @extschema@.existing_conflict(id bigint)
+    RETURNS @extschema@.conflict
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c @extschema@.conflict;
+BEGIN
+    IF id IS NULL THEN
+        RAISE EXCEPTION 'conflict id must not be null'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT * INTO c FROM @extschema@.conflict x WHERE x.id = existing_conflict.id
+       FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'conflict % does not exist', id
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'sor.conflicts lists the changes set aside at this site.';
+    END IF;
+    RETURN c;
+END
+$$;
+
+CREATE TRIGGER catalog_changed BEFORE INSERT OR UPDATE OR DELETE
+    ON @extschema@.handoff_ack FOR EACH ROW
+    EXECUTE FUNCTION @extschema@.catalog_changed();
+CREATE TRIGGER catalog_truncated BEFORE TRUNCATE ON @extschema@.handoff_ack
+    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.catalog_changed();
+ALTER TABLE @extschema@.handoff_ack ENABLE ALWAYS TRIGGER catalog_changed;
+ALTER TABLE @extschema@.handoff_ack ENABLE ALWAYS TRIGGER catalog_truncated;
+CREATE TRIGGER takeover_arrived BEFORE INSERT
+    ON @extschema@.ownership_history FOR EACH ROW
+    EXECUTE FUNCTION @extschema@.catalog_changed('ownership_history');
+ALTER TABLE @extschema@.ownership_history ENABLE REPLICA TRIGGER takeover_arrived;
+/*
  * Privileges
  *
  * Everyone may read the catalog and ask who owns what.  Changing sites,
@@ -1209,12 +1841,15 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.key_type_family(regtype),
     @extschema@.enqueue(text, regprocedure, jsonb),
     @extschema@.drain(integer),
-    @extschema@.worker_status()
+    @extschema@.worker_status(),
+    @extschema@.site_status(),
+    @extschema@.refused_write_counts()
     TO PUBLIC;
 
 -- payloads and errors are for the roles an administrator lets see them
 REVOKE SELECT ON @extschema@.command, @extschema@.skipped_command,
-                 @extschema@.failed_commands, @extschema@.parked_groups
+                 @extschema@.failed_commands, @extschema@.parked_groups,
+                 @extschema@.conflict, @extschema@.conflicts
     FROM PUBLIC;
 
 -- background workers find this database from now on

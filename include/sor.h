@@ -10,7 +10,9 @@
  *				registered tables, ownership entries) and their invalidation
  *	lock.c		the record and domain locks that keep writes and ownership
  *				hand-offs from interleaving
- *	enforce.c	the enforcement trigger and the catalog triggers
+ *	enforce.c	the enforcement trigger and the catalog triggers, and the
+ *				rules for changes that arrive by replication
+ *	stats.c		counts of refused writes
  *	functions.c	SQL-callable functions written in C
  *
  *-------------------------------------------------------------------------
@@ -66,6 +68,7 @@ typedef struct SorOwnership
 	bool		owned;
 	char		site[NAMEDATALEN];
 	int64		epoch;
+	bool		acks_missing;	/* handed to this site, not yet acknowledged */
 } SorOwnership;
 
 /* State of a command worker, in shared memory. */
@@ -108,6 +111,7 @@ extern SorTable *sor_lookup_table(Oid relid);
 extern void sor_lookup_owner(SorDomain *domain, const char *key,
 							 uint64 record_hash, SorOwnership *result);
 extern char *sor_canonical_key(SorDomain *domain, const char *key);
+extern char *sor_missing_acks(const char *domain, const char *key);
 extern Oid	sor_key_family_type(Oid typid);
 extern bool sor_is_catalog_relation(Oid relid);
 
@@ -116,6 +120,10 @@ extern uint64 sor_record_hash(const char *domain, const char *key);
 extern void sor_lock_record_for_write(const char *domain, uint64 record_hash);
 extern void sor_lock_record_for_handoff(const char *domain, const char *key);
 extern void sor_lock_domain_for_handoff(const char *domain);
+
+/* stats.c */
+extern void sor_stats_init(void);
+extern void sor_count_refusal(Oid relid, const char *owner_site);
 
 /* functions.c */
 extern char *sor_required_text_arg(FunctionCallInfo fcinfo, int argno,

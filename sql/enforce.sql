@@ -11,9 +11,9 @@ SELECT sor.transfer('customer', '9', 'london');
 -- copies of london's records arrive by replication: a session with a
 -- replication origin and session_replication_role = replica, as apply
 -- workers have, is not stopped
-SELECT pg_replication_origin_create('sor_regress_origin') > 0 AS origin_created;
+SELECT pg_replication_origin_create('sor_london') > 0 AS origin_created;
 BEGIN;
-SELECT pg_replication_origin_session_setup('sor_regress_origin');
+SELECT pg_replication_origin_session_setup('sor_london');
 SET LOCAL session_replication_role = replica;
 INSERT INTO customer VALUES (8, 'copy of london 8'), (9, 'copy of london 9');
 INSERT INTO orders VALUES (80, 8, 10), (90, 9, 20);
@@ -88,7 +88,7 @@ CREATE TABLE product (sku text PRIMARY KEY);
 INSERT INTO product VALUES ('pen'), ('ink');
 ALTER TABLE orders ADD COLUMN sku text REFERENCES product ON DELETE CASCADE;
 BEGIN;
-SELECT pg_replication_origin_session_setup('sor_regress_origin');
+SELECT pg_replication_origin_session_setup('sor_london');
 SET LOCAL session_replication_role = replica;
 UPDATE orders SET sku = 'ink' WHERE order_id = 90;
 SELECT pg_replication_origin_session_reset();
@@ -167,7 +167,7 @@ SELECT * FROM orders ORDER BY order_id;
 CREATE TABLE scratch (k bigint);
 SELECT sor.register_table('scratch', 'k', 'customer');
 BEGIN;
-SELECT pg_replication_origin_session_setup('sor_regress_origin');
+SELECT pg_replication_origin_session_setup('sor_london');
 SET LOCAL session_replication_role = replica;
 INSERT INTO scratch VALUES (8), (9);
 TRUNCATE scratch;
@@ -176,4 +176,4 @@ COMMIT;
 SELECT count(*) AS scratch_rows FROM scratch;
 SELECT sor.unregister_table('scratch');
 DROP TABLE scratch;
-SELECT pg_replication_origin_drop('sor_regress_origin');
+SELECT pg_replication_origin_drop('sor_london');

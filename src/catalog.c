@@ -29,6 +29,7 @@
 #include "catalog/partition.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
+#include "executor/spi.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/hsearch.h"
@@ -53,6 +54,7 @@
 #define Anum_owner_entry_key			2
 #define Anum_owner_entry_site			3
 #define Anum_owner_entry_epoch			4
+#define Anum_owner_entry_awaiting_acks	7
 
 /* Upper bound of cached ownership entries; past it the cache starts over. */
 #define SOR_OWNER_CACHE_MAX			100000
@@ -67,6 +69,7 @@ typedef struct SorCatalog
 	Oid			registered_table_pkey;
 	Oid			owner_entry;
 	Oid			owner_entry_pkey;
+	Oid			handoff_ack;
 	Oid			site;
 	Oid			write_fence;
 } SorCatalog;
@@ -124,6 +127,7 @@ sor_is_catalog_relation(Oid relid)
 		 relid == catalog.domain ||
 		 relid == catalog.registered_table ||
 		 relid == catalog.owner_entry ||
+		 relid == catalog.handoff_ack ||
 		 relid == catalog.site);
 }
 
@@ -210,6 +214,7 @@ load_catalog(void)
 	catalog.domain = catalog_relid(nspid, "domain");
 	catalog.registered_table = catalog_relid(nspid, "registered_table");
 	catalog.owner_entry = catalog_relid(nspid, "owner_entry");
+	catalog.handoff_ack = catalog_relid(nspid, "handoff_ack");
 	catalog.site = catalog_relid(nspid, "site");
 	catalog.write_fence = catalog_relid(nspid, "write_fence");
 	catalog.domain_pkey = primary_key_of(catalog.domain);
@@ -498,6 +503,38 @@ sor_lookup_table(Oid relid)
 }
 
 /*
+ * The sites that have yet to acknowledge the hand-off of (domain, key) to
+ * this site, quoted and comma-separated, or NULL.  Rare (only entries that
+ * arrived by a transfer ask), so SQL.
+ */
+char *
+sor_missing_acks(const char *domain, const char *key)
+{
+	Oid			argtypes[2] = {TEXTOID, TEXTOID};
+	Datum		args[2];
+	Datum		sites;
+	bool		isnull = true;
+	char	   *result = NULL;
+	MemoryContext caller = CurrentMemoryContext;
+
+	args[0] = CStringGetTextDatum(domain);
+	args[1] = CStringGetTextDatum(key);
+	SPI_connect();
+	if (SPI_execute_with_args("SELECT sor.missing_acks($1, $2)",
+							  2, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look up the acknowledgements of a hand-off");
+	if (SPI_processed == 1)
+	{
+		sites = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
+							  &isnull);
+		if (!isnull)
+			result = MemoryContextStrdup(caller, TextDatumGetCString(sites));
+	}
+	SPI_finish();
+	return result;
+}
+
+/*
  * Who owns (domain, key): its ownership entry, else the domain's default
  * owner, else nobody.  key must be in canonical form, record_hash its
  * sor_record_hash().
@@ -544,6 +581,10 @@ sor_lookup_owner(SorDomain *domain, const char *key, uint64 record_hash,
 							   result->site, NAMEDATALEN);
 		result->epoch = DatumGetInt64(heap_getattr(tuple, Anum_owner_entry_epoch,
 												   RelationGetDescr(rel), &isnull));
+		result->acks_missing =
+			DatumGetBool(heap_getattr(tuple, Anum_owner_entry_awaiting_acks,
+									  RelationGetDescr(rel), &isnull)) &&
+			sor_missing_acks(domain->name, key) != NULL;
 	}
 	else if (domain->has_default)
 	{

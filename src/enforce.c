@@ -8,10 +8,20 @@
  * BEFORE TRUNCATE statement trigger on every registered table, enabled
  * ALWAYS so that it also fires with session_replication_role = replica.  A
  * row goes through only when the local site owns its record: for UPDATE
- * both the old and the new key.  TRUNCATE is always refused.  Changes
- * applied by a replication worker (replica role with a replication origin
- * set, as pglogical and built-in subscriptions do) go through: that is how
- * copies arrive.
+ * both the old and the new key.  TRUNCATE is always refused.
+ *
+ * Changes applied by a replication worker (replica role with a replication
+ * origin set, as pglogical and built-in subscriptions do) go through when
+ * the site they come from owns the record here; any other such change is
+ * set aside in sor.conflict instead, never raised (an error would stop the
+ * subscription).  The catalog triggers apply the rules for ownership
+ * changes that arrive by replication: a change with a lower epoch than the
+ * one here is skipped; a transfer to another site is acknowledged (by a
+ * command that a worker runs, so that the acknowledgement travels in this
+ * site's own stream); a transfer to this site waits for those
+ * acknowledgements; a takeover displaces this site's copy of the record,
+ * which the new owner then sends again.  See "Sites together" in the
+ * README for the argument.
  *
  * The hot path runs no SQL: a cache probe for the table, the key's text
  * form, the record lock (lock.c) and a cache probe for the owner.
@@ -21,7 +31,9 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "catalog/pg_type.h"
 #include "commands/trigger.h"
+#include "executor/spi.h"
 #include "lib/stringinfo.h"
 #include "replication/origin.h"
 #include "utils/builtins.h"
@@ -37,6 +49,31 @@
 #define ERRCODE_SOR_NO_OWNER			MAKE_SQLSTATE('S','R','0','0','2')
 #define ERRCODE_SOR_NO_LOCAL_SITE		MAKE_SQLSTATE('S','R','0','0','3')
 #define ERRCODE_SOR_TRUNCATE			MAKE_SQLSTATE('S','R','0','0','4')
+#define ERRCODE_SOR_HANDOFF_PENDING		MAKE_SQLSTATE('S','R','0','0','5')
+
+/* Column numbers of catalog tables, as created by the install script. */
+#define Anum_domain_name				1
+#define Anum_domain_default_site		3
+#define Anum_domain_default_epoch		4
+#define Anum_owner_entry_domain			1
+#define Anum_owner_entry_key			2
+#define Anum_owner_entry_site			3
+#define Anum_owner_entry_epoch			4
+#define Anum_owner_entry_from_site		6
+#define Anum_owner_entry_awaiting_acks	7
+#define Anum_history_domain				3
+#define Anum_history_key				4
+#define Anum_history_action				5
+
+/*
+ * Set while sor itself changes registered tables during the apply of a
+ * takeover (displace_record): those deletes pass the enforcement trigger.
+ */
+static bool internal_change = false;
+
+/* The site of the replication origin last seen, see origin_site(). */
+static RepOriginId known_origin = InvalidRepOriginId;
+static char known_origin_site[NAMEDATALEN];
 
 PG_FUNCTION_INFO_V1(sor_enforce);
 PG_FUNCTION_INFO_V1(sor_catalog_changed);
@@ -68,21 +105,77 @@ applying_replicated_change(void)
 }
 
 /*
- * Refuse the write unless the local site owns the record that the key
- * column of tuple names.
+ * The site whose change is being applied, from the replication origin of
+ * this session, or NULL when no site is known for it.  The answer is
+ * remembered per backend (an apply worker has one origin); an unknown
+ * origin is asked again every time, since the site may be added later.
+ */
+static const char *
+origin_site(void)
+{
+	char	   *origin_name;
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		args[1];
+	bool		isnull = true;
+	Datum		site = (Datum) 0;
+
+	if (replorigin_session_origin == known_origin)
+		return known_origin_site;
+	if (!replorigin_by_oid(replorigin_session_origin, true, &origin_name))
+		return NULL;
+
+	args[0] = CStringGetTextDatum(origin_name);
+	SPI_connect();
+	if (SPI_execute_with_args("SELECT sor.origin_site($1)", 1, argtypes, args,
+							  NULL, true, 1) == SPI_OK_SELECT &&
+		SPI_processed == 1)
+		site = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
+							 &isnull);
+	if (!isnull)
+	{
+		text_to_cstring_buffer(DatumGetTextPP(site), known_origin_site,
+							   NAMEDATALEN);
+		known_origin = replorigin_session_origin;
+	}
+	SPI_finish();
+	return isnull ? NULL : known_origin_site;
+}
+
+/*
+ * Run a query of sor's own through SPI; its arguments are all text, bigint
+ * or regclass, NULL where a pointer is NULL.
  */
 static void
-check_record(Relation rel, HeapTuple tuple)
+run_sql(const char *query, int nargs, Oid *argtypes, Datum *args,
+		const char *nulls)
+{
+	SPI_connect();
+	if (SPI_execute_with_args(query, nargs, argtypes, args, nulls, false, 0) < 0)
+		elog(ERROR, "could not run \"%s\"", query);
+	SPI_finish();
+}
+
+static Datum
+text_or_null(const char *value, char *null)
+{
+	*null = value ? ' ' : 'n';
+	return value ? CStringGetTextDatum(value) : (Datum) 0;
+}
+
+/*
+ * Find the record that the key column of tuple names, take its write lock
+ * (lock.c) and look up its owner.  Returns the table's cache entry; the
+ * key's canonical text comes back through *key.
+ */
+static SorTable *
+lock_record(Relation rel, HeapTuple tuple, char **key, SorOwnership *owner)
 {
 	Oid			relid = RelationGetRelid(rel);
 	SorTable   *table;
 	Datum		value;
 	bool		isnull;
-	char	   *key;
 	uint64		record_hash;
 	uint64		generation;
-	const char *local;
-	SorOwnership owner;
 
 	table = sor_lookup_table(relid);
 	if (table == NULL)
@@ -97,8 +190,8 @@ check_record(Relation rel, HeapTuple tuple)
 						get_attname(relid, table->key_attnum, false),
 						qualified_name(rel)),
 				 errdetail("Every row of a registered table belongs to the record its key names.")));
-	key = OutputFunctionCall(&table->key_output, value);
-	record_hash = sor_record_hash(table->domain->name, key);
+	*key = OutputFunctionCall(&table->key_output, value);
+	record_hash = sor_record_hash(table->domain->name, *key);
 
 	/* Lock first, then check: a hand-off that committed meanwhile is seen. */
 	generation = sor_cache_generation();
@@ -108,6 +201,24 @@ check_record(Relation rel, HeapTuple tuple)
 		(table = sor_lookup_table(relid)) == NULL)
 		not_registered(rel);
 
+	sor_lookup_owner(table->domain, *key, record_hash, owner);
+	return table;
+}
+
+/*
+ * Refuse the write unless the local site owns the record that the key
+ * column of tuple names.
+ */
+static void
+check_record(Relation rel, HeapTuple tuple)
+{
+	SorTable   *table;
+	char	   *key;
+	const char *local;
+	SorOwnership owner;
+
+	table = lock_record(rel, tuple, &key, &owner);
+
 	local = sor_local_site();
 	if (local == NULL)
 		ereport(ERROR,
@@ -116,8 +227,9 @@ check_record(Relation rel, HeapTuple tuple)
 						qualified_name(rel)),
 				 errhint("An administrator names this site with sor.set_local_site().")));
 
-	sor_lookup_owner(table->domain, key, record_hash, &owner);
 	if (!owner.owned)
+	{
+		sor_count_refusal(RelationGetRelid(rel), "");
 		ereport(ERROR,
 				(errcode(ERRCODE_SOR_NO_OWNER),
 				 errmsg("cannot write key \"%s\" of table \"%s\" at site \"%s\": the record has no owner",
@@ -125,7 +237,10 @@ check_record(Relation rel, HeapTuple tuple)
 				 errdetail("Domain \"%s\" has no ownership entry for the key and no default site.",
 						   table->domain->name),
 				 errhint("Claim the record for this site with sor.claim() first.")));
+	}
 	if (strcmp(owner.site, local) != 0)
+	{
+		sor_count_refusal(RelationGetRelid(rel), owner.site);
 		ereport(ERROR,
 				(errcode(ERRCODE_SOR_NOT_OWNER),
 				 errmsg("cannot write key \"%s\" of table \"%s\" at site \"%s\": the record is owned by site \"%s\"",
@@ -134,6 +249,88 @@ check_record(Relation rel, HeapTuple tuple)
 						   table->domain->name, owner.epoch),
 				 errhint("Send the write to site \"%s\", or have that site transfer the record with sor.transfer().",
 						 owner.site)));
+	}
+	if (owner.acks_missing)
+	{
+		sor_count_refusal(RelationGetRelid(rel), owner.site);
+		ereport(ERROR,
+				(errcode(ERRCODE_SOR_HANDOFF_PENDING),
+				 errmsg("cannot write key \"%s\" of table \"%s\" at site \"%s\" yet: the hand-off is not acknowledged by site %s",
+						key, qualified_name(rel), local,
+						sor_missing_acks(table->domain->name, key)),
+				 errdetail("The record was handed to this site at epoch " INT64_FORMAT "; a site acknowledges once it has applied every change the previous owner made before.",
+						   owner.epoch),
+				 errhint("Retry shortly; sor.handoffs shows which sites are still to acknowledge.")));
+	}
+}
+
+/*
+ * Keep a replicated change that is not applied in sor.conflict.
+ */
+static void
+set_aside(Relation rel, SorTable *table, const char *key,
+		  const SorOwnership *owner, const char *origin, const char *operation,
+		  HeapTuple old_tuple, HeapTuple new_tuple)
+{
+	TupleDesc	tupdesc = RelationGetDescr(rel);
+	Oid			rowtype = tupdesc->tdtypeid;
+	Oid			argtypes[9] = {TEXTOID, TEXTOID, INT8OID, REGCLASSOID, TEXTOID,
+							   TEXTOID, TEXTOID, rowtype, rowtype};
+	Datum		args[9];
+	char		nulls[10] = "         ";
+
+	args[0] = text_or_null(origin, &nulls[0]);
+	args[1] = text_or_null(owner->owned ? owner->site : NULL, &nulls[1]);
+	args[2] = Int64GetDatum(owner->epoch);
+	args[3] = ObjectIdGetDatum(RelationGetRelid(rel));
+	args[4] = CStringGetTextDatum(table->domain->name);
+	args[5] = CStringGetTextDatum(key);
+	args[6] = CStringGetTextDatum(operation);
+	nulls[7] = old_tuple ? ' ' : 'n';
+	args[7] = old_tuple ? heap_copy_tuple_as_datum(old_tuple, tupdesc) : (Datum) 0;
+	nulls[8] = new_tuple ? ' ' : 'n';
+	args[8] = new_tuple ? heap_copy_tuple_as_datum(new_tuple, tupdesc) : (Datum) 0;
+	run_sql("SELECT sor.set_aside($1, $2, $3, $4, $5, $6, $7,"
+			" pg_catalog.to_jsonb($8), pg_catalog.to_jsonb($9))",
+			9, argtypes, args, nulls);
+}
+
+/*
+ * A change that replication brings: applied when the site it comes from
+ * owns its record here (both records, for an UPDATE that changes the key),
+ * else set aside.  Returns the tuple to apply, or NULL to skip it.
+ */
+static HeapTuple
+apply_replicated_row(TriggerData *trigdata)
+{
+	Relation	rel = trigdata->tg_relation;
+	TriggerEvent event = trigdata->tg_event;
+	HeapTuple	old_tuple = TRIGGER_FIRED_BY_INSERT(event) ? NULL : trigdata->tg_trigtuple;
+	HeapTuple	new_tuple = TRIGGER_FIRED_BY_INSERT(event) ? trigdata->tg_trigtuple :
+		TRIGGER_FIRED_BY_UPDATE(event) ? trigdata->tg_newtuple : NULL;
+	const char *operation = TRIGGER_FIRED_BY_INSERT(event) ? "INSERT" :
+		TRIGGER_FIRED_BY_UPDATE(event) ? "UPDATE" : "DELETE";
+	const char *origin = origin_site();
+	HeapTuple	records[2];
+	int			i;
+
+	records[0] = old_tuple ? old_tuple : new_tuple;
+	records[1] = old_tuple && new_tuple ? new_tuple : NULL;
+	for (i = 0; i < 2 && records[i] != NULL; i++)
+	{
+		SorTable   *table;
+		char	   *key;
+		SorOwnership owner;
+
+		table = lock_record(rel, records[i], &key, &owner);
+		if (!owner.owned || origin == NULL || strcmp(owner.site, origin) != 0)
+		{
+			set_aside(rel, table, key, &owner, origin, operation, old_tuple,
+					  new_tuple);
+			return NULL;
+		}
+	}
+	return new_tuple ? new_tuple : old_tuple;
 }
 
 /*
@@ -154,13 +351,16 @@ sor_enforce(PG_FUNCTION_ARGS)
 	event = trigdata->tg_event;
 	rel = trigdata->tg_relation;
 
-	/* a change that the owner made and replication brings here */
-	if (applying_replicated_change())
+	/* sor's own change (displace_record), or one that replication brings */
+	if (internal_change || applying_replicated_change())
 	{
 		if (!TRIGGER_FIRED_FOR_ROW(event))
 			return PointerGetDatum(NULL);
-		return PointerGetDatum(TRIGGER_FIRED_BY_UPDATE(event) ?
-							   trigdata->tg_newtuple : trigdata->tg_trigtuple);
+		if (internal_change)
+			return PointerGetDatum(TRIGGER_FIRED_BY_UPDATE(event) ?
+								   trigdata->tg_newtuple : trigdata->tg_trigtuple);
+		sor_cache_revalidate();
+		return PointerGetDatum(apply_replicated_row(trigdata));
 	}
 
 	if (TRIGGER_FIRED_BY_TRUNCATE(event))
@@ -219,13 +419,213 @@ sor_enforce(PG_FUNCTION_ARGS)
 	return PointerGetDatum(trigdata->tg_newtuple);
 }
 
+/* Text column attnum of tuple, or NULL. */
+static char *
+text_column(HeapTuple tuple, TupleDesc tupdesc, int attnum)
+{
+	bool		isnull;
+	Datum		value = heap_getattr(tuple, attnum, tupdesc, &isnull);
+
+	return isnull ? NULL : TextDatumGetCString(value);
+}
+
+static int64
+int64_column(HeapTuple tuple, TupleDesc tupdesc, int attnum)
+{
+	bool		isnull;
+	Datum		value = heap_getattr(tuple, attnum, tupdesc, &isnull);
+
+	return isnull ? 0 : DatumGetInt64(value);
+}
+
+/*
+ * Set this site's copy of a record (key NULL: of every record of the domain
+ * without an entry) aside, see displace_record() in the install script.
+ */
+static void
+displace(const char *domain, const char *key, const char *previous_owner,
+		 const char *new_owner, int64 epoch)
+{
+	Oid			argtypes[5] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT8OID};
+	Datum		args[5];
+	char		nulls[6] = "     ";
+
+	args[0] = CStringGetTextDatum(domain);
+	args[1] = text_or_null(key, &nulls[1]);
+	args[2] = CStringGetTextDatum(previous_owner);
+	args[3] = CStringGetTextDatum(new_owner);
+	args[4] = Int64GetDatum(epoch);
+	internal_change = true;
+	PG_TRY();
+	{
+		run_sql("SELECT sor.displace_record($1, $2, $3, $4, $5)",
+				5, argtypes, args, nulls);
+	}
+	PG_FINALLY();
+	{
+		internal_change = false;
+	}
+	PG_END_TRY();
+}
+
+/* Have this site's workers acknowledge the hand-off of a record. */
+static void
+request_ack(const char *domain, const char *key, int64 epoch)
+{
+	Oid			argtypes[3] = {TEXTOID, TEXTOID, INT8OID};
+	Datum		args[3];
+
+	args[0] = CStringGetTextDatum(domain);
+	args[1] = CStringGetTextDatum(key);
+	args[2] = Int64GetDatum(epoch);
+	run_sql("SELECT sor.request_ack($1, $2, $3)", 3, argtypes, args, NULL);
+}
+
+/*
+ * Whether ownership (site, epoch) comes after (other_site, other_epoch):
+ * the higher epoch wins, and of two equal ones the greater site name, so
+ * that every site picks the same winner.
+ */
+static bool
+ownership_follows(const char *site, int64 epoch,
+				  const char *other_site, int64 other_epoch)
+{
+	if (epoch != other_epoch)
+		return epoch > other_epoch;
+	return strcmp(site, other_site) > 0;
+}
+
+/*
+ * An ownership entry that replication brings (INSERT or UPDATE of
+ * sor.owner_entry).  Returns the tuple to apply, or NULL to skip it.
+ */
+static HeapTuple
+apply_owner_entry(TriggerData *trigdata)
+{
+	Relation	rel = trigdata->tg_relation;
+	TupleDesc	tupdesc = RelationGetDescr(rel);
+	bool		is_update = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event);
+	HeapTuple	tuple = is_update ? trigdata->tg_newtuple : trigdata->tg_trigtuple;
+	char	   *domain = text_column(tuple, tupdesc, Anum_owner_entry_domain);
+	char	   *key = text_column(tuple, tupdesc, Anum_owner_entry_key);
+	char	   *site = text_column(tuple, tupdesc, Anum_owner_entry_site);
+	int64		epoch = int64_column(tuple, tupdesc, Anum_owner_entry_epoch);
+	char	   *from_site = text_column(tuple, tupdesc, Anum_owner_entry_from_site);
+	const char *local = sor_local_site();
+	const char *origin = origin_site();
+	const char *previous = NULL;
+	int64		previous_epoch = 0;
+	bool		for_local = local != NULL && strcmp(site, local) == 0;
+
+	if (is_update)
+	{
+		previous = text_column(trigdata->tg_trigtuple, tupdesc, Anum_owner_entry_site);
+		previous_epoch = int64_column(trigdata->tg_trigtuple, tupdesc,
+									  Anum_owner_entry_epoch);
+	}
+	else
+	{
+		SorDomain  *d = sor_lookup_domain(domain, true);
+
+		if (d != NULL && d->has_default)
+		{
+			previous = pstrdup(d->default_site);
+			previous_epoch = d->default_epoch;
+		}
+	}
+
+	/*
+	 * A transfer to another site: acknowledge it, even when it is older
+	 * than what is here.  Stream order means that every change its old
+	 * owner made before it has been applied here.
+	 */
+	if (from_site != NULL && !for_local && local != NULL)
+		request_ack(domain, key, epoch);
+
+	/* not newer than what is here: keep ours */
+	if (previous != NULL && !ownership_follows(site, epoch, previous, previous_epoch))
+		return NULL;
+
+	/* a transfer to this site: writes wait for the acknowledgements */
+	if (from_site != NULL && for_local)
+	{
+		int			attnum = Anum_owner_entry_awaiting_acks;
+		Datum		value = BoolGetDatum(true);
+		bool		isnull = false;
+
+		tuple = heap_modify_tuple_by_cols(tuple, tupdesc, 1, &attnum, &value,
+										  &isnull);
+	}
+
+	/*
+	 * Taken from its owner by another site (a takeover, or the loser of two
+	 * claims): the copy here may hold changes the new owner never saw.
+	 */
+	if (previous != NULL && origin != NULL && strcmp(origin, previous) != 0 &&
+		strcmp(site, previous) != 0)
+		displace(domain, key, previous, site, epoch);
+
+	return tuple;
+}
+
+/*
+ * A domain row that replication brings: a change of the default owner with
+ * a lower epoch than the one here is skipped; one made by another site than
+ * the old default owner (takeover_site) displaces this site's copies of the
+ * records that have no entry of their own.
+ */
+static HeapTuple
+apply_domain(TriggerData *trigdata)
+{
+	TupleDesc	tupdesc = RelationGetDescr(trigdata->tg_relation);
+	HeapTuple	old_tuple = trigdata->tg_trigtuple;
+	HeapTuple	new_tuple = trigdata->tg_newtuple;
+	char	   *previous = text_column(old_tuple, tupdesc, Anum_domain_default_site);
+	char	   *site = text_column(new_tuple, tupdesc, Anum_domain_default_site);
+	int64		previous_epoch = int64_column(old_tuple, tupdesc, Anum_domain_default_epoch);
+	int64		epoch = int64_column(new_tuple, tupdesc, Anum_domain_default_epoch);
+	const char *origin = origin_site();
+
+	if (epoch < previous_epoch)
+		return NULL;
+	if (epoch > previous_epoch && previous != NULL && site != NULL &&
+		strcmp(site, previous) != 0 && origin != NULL &&
+		strcmp(origin, previous) != 0)
+		displace(text_column(new_tuple, tupdesc, Anum_domain_name), NULL,
+				 previous, site, epoch);
+	return new_tuple;
+}
+
+/*
+ * A history row that replication brings: the end of a takeover made at
+ * another site, whose rows have arrived by now.
+ */
+static void
+apply_history(TriggerData *trigdata)
+{
+	TupleDesc	tupdesc = RelationGetDescr(trigdata->tg_relation);
+	HeapTuple	tuple = trigdata->tg_trigtuple;
+	char	   *action = text_column(tuple, tupdesc, Anum_history_action);
+	Oid			argtypes[2] = {TEXTOID, TEXTOID};
+	Datum		args[2];
+	char		nulls[3] = "  ";
+	char	   *key = text_column(tuple, tupdesc, Anum_history_key);
+
+	if (action == NULL || strcmp(action, "takeover") != 0)
+		return;
+	args[0] = CStringGetTextDatum(text_column(tuple, tupdesc, Anum_history_domain));
+	args[1] = text_or_null(key, &nulls[1]);
+	run_sql("SELECT sor.prune_displaced($1, $2)", 2, argtypes, args, nulls);
+}
+
 /*
  * Row trigger on the sor catalog tables (and TRUNCATE trigger): sends the
  * relcache invalidation that makes every backend drop its sor caches at
  * commit, also for changes applied by replication.  On sor.owner_entry it
  * first takes the hand-off lock of the record, so that the change waits
  * for every open transaction that has written the record; on sor.domain a
- * change of the default owner locks the whole domain.
+ * change of the default owner locks the whole domain.  Changes that arrive
+ * by replication then go through the rules above.
  */
 Datum
 sor_catalog_changed(PG_FUNCTION_ARGS)
@@ -235,6 +635,7 @@ sor_catalog_changed(PG_FUNCTION_ARGS)
 	TupleDesc	tupdesc;
 	const char *kind;
 	HeapTuple	tuples[2];
+	HeapTuple	result;
 	int			i;
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
@@ -257,23 +658,26 @@ sor_catalog_changed(PG_FUNCTION_ARGS)
 
 	for (i = 0; i < 2 && tuples[i] != NULL; i++)
 	{
-		bool		isnull;
-		char	   *domain;
-
 		if (strcmp(kind, "owner_entry") == 0)
-		{
-			domain = TextDatumGetCString(heap_getattr(tuples[i], 1, tupdesc, &isnull));
-			sor_lock_record_for_handoff(domain,
-										TextDatumGetCString(heap_getattr(tuples[i], 2,
-																		 tupdesc, &isnull)));
-		}
+			sor_lock_record_for_handoff(text_column(tuples[i], tupdesc, Anum_owner_entry_domain),
+										text_column(tuples[i], tupdesc, Anum_owner_entry_key));
 		else if (strcmp(kind, "domain") == 0)
-		{
-			domain = TextDatumGetCString(heap_getattr(tuples[i], 1, tupdesc, &isnull));
-			sor_lock_domain_for_handoff(domain);
-		}
+			sor_lock_domain_for_handoff(text_column(tuples[i], tupdesc, Anum_domain_name));
 	}
 
-	return PointerGetDatum(TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ?
-						   trigdata->tg_newtuple : trigdata->tg_trigtuple);
+	result = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ?
+		trigdata->tg_newtuple : trigdata->tg_trigtuple;
+	if (!applying_replicated_change() ||
+		TRIGGER_FIRED_BY_DELETE(trigdata->tg_event))
+		return PointerGetDatum(result);
+
+	sor_cache_revalidate();
+	if (strcmp(kind, "owner_entry") == 0)
+		result = apply_owner_entry(trigdata);
+	else if (strcmp(kind, "domain") == 0 &&
+			 TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
+		result = apply_domain(trigdata);
+	else if (strcmp(kind, "ownership_history") == 0)
+		apply_history(trigdata);
+	return PointerGetDatum(result);
 }

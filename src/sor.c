@@ -67,5 +67,6 @@ _PG_init(void)
 	MarkGUCPrefixReserved("sor");
 
 	sor_cache_init();
+	sor_stats_init();
 	sor_launcher_init();
 }
