@@ -12,7 +12,7 @@ PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers 
 EXTENSION = sor
 DATA = sor--1.0.sql
 
-REGRESS = install sites register ownership enforce partitions bypass privileges queue
+REGRESS = install sites register ownership enforce partitions bypass privileges queue replication
 REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=$(srcdir)/test/postgresql.conf
 
 ISOLATION = $(patsubst test/isolation/specs/%.spec,%,$(sort $(wildcard test/isolation/specs/*.spec)))

@@ -1743,6 +1743,7 @@ DECLARE
     c @extschema@.conflict;
     cols text;
     ident text;
+    updated bigint;
 BEGIN
     c := @extschema@.existing_conflict(id);
     IF NOT has_table_privilege(invoker, c.tbl,
@@ -1762,7 +1763,8 @@ BEGIN
                        ' WHERE (%s) = (SELECT %s FROM jsonb_populate_record(NULL::%s, $2))',
                        c.tbl, cols, cols, c.tbl, ident, ident, c.tbl)
             USING c.new_row, coalesce(c.old_row, c.new_row);
-        IF NOT FOUND THEN
+        GET DIAGNOSTICS updated = ROW_COUNT;
+        IF updated = 0 THEN
             EXECUTE format('INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE'
                            ' SELECT %s FROM jsonb_populate_record(NULL::%s, $1)',
                            c.tbl, cols, cols, c.tbl)
@@ -1842,6 +1844,7 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.enqueue(text, regprocedure, jsonb),
     @extschema@.drain(integer),
     @extschema@.worker_status(),
+    @extschema@.missing_acks(text, text),
     @extschema@.site_status(),
     @extschema@.refused_write_counts()
     TO PUBLIC;
