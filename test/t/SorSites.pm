@@ -1,0 +1,340 @@
+# SorSites: three PostgreSQL servers (paris, london, tokyo) that play sor
+# sites and replicate with pglogical, for the TAP tests test/t/02*.pl.
+#
+#   my $s = SorSites->new;          start, create the tables, join, wait
+#   $s->sql($site, $query)          run a query, die on error
+#   $s->try($site, $query)          run a query, return { ok, out, sqlstate,
+#                                   message, error }
+#   $s->sync                        wait until every site has applied every
+#                                   other site's changes (and acknowledged
+#                                   the hand-offs among them)
+#   $s->checksum($site)             row counts and md5 of both tables
+#   $s->pause($from, $to)           stop the stream from site $from at $to
+#   $s->resume($from, $to)
+#
+# Every site has the tables customer (key id) and orders (key customer_id),
+# registered in domain "customer" with default site paris.  Queries run
+# through one psql session per site (background_psql): VERBOSITY is verbose,
+# so that errors carry their SQLSTATE.
+package SorSites;
+
+use strict;
+use warnings;
+use Carp;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time usleep);
+
+our @SITES = qw(paris london tokyo);
+
+# Seconds to wait for replication before a test fails (not the 180 s of
+# poll_query_until: a failing convergence check should fail soon).
+our $WAIT = $ENV{SOR_TEST_WAIT} // 60;
+
+sub new
+{
+	my ($class, %opts) = @_;
+	my $self = bless {
+		names => [@SITES],
+		nodes => {},
+		sessions => {},
+		db => 'postgres',
+		paused => {},
+	}, $class;
+
+	# pglogical's output plugin must be allowed explicitly since 15.19
+	my $allow = '';
+	my ($out) = run_command([ 'postgres', '--describe-config' ]);
+	$allow = "output_plugin_libraries = 'pgoutput, test_decoding, pglogical_output'"
+	  if $out =~ /^output_plugin_libraries\t/m;
+
+	for my $name (@SITES)
+	{
+		my $node = PostgreSQL::Test::Cluster->new($name);
+		$node->init;
+		$node->append_conf('postgresql.conf', qq{
+wal_level = logical
+max_wal_senders = 10
+max_replication_slots = 10
+max_worker_processes = 16
+shared_preload_libraries = 'pglogical, sor'
+track_commit_timestamp = on
+max_locks_per_transaction = 128
+log_statement = none
+$allow
+} . ($opts{conf} // ''));
+		$node->start;
+		$self->{nodes}{$name} = $node;
+	}
+
+	for my $name (@SITES)
+	{
+		$self->sql($name, q{CREATE EXTENSION pglogical});
+		$self->sql($name, q{CREATE EXTENSION sor});
+		$self->sql($name, join('; ', map { "SELECT sor.add_site('$_')" } @SITES));
+		$self->sql($name, qq{SELECT sor.set_local_site('$name')});
+		$self->sql($name, q{
+			CREATE TABLE customer (id bigint PRIMARY KEY, name text);
+			CREATE TABLE orders (order_id bigint PRIMARY KEY,
+			                     customer_id bigint NOT NULL,
+			                     amount numeric);
+			SELECT sor.register_table('customer', 'id', 'customer', 'paris');
+			SELECT sor.register_table('orders', 'customer_id', 'customer', 'paris');
+		});
+	}
+	for my $name (@SITES)
+	{
+		$self->sql($name, "SELECT sor.create_node('" . $self->dsn($name) . "')");
+	}
+	for my $name (@SITES)
+	{
+		for my $other (grep { $_ ne $name } @SITES)
+		{
+			$self->sql($name,
+				"SELECT sor.subscribe('$other', '" . $self->dsn($other) . "')");
+		}
+	}
+	for my $name (@SITES)
+	{
+		$self->wait_for($name, q{
+			SELECT count(*) FILTER (WHERE status = 'replicating') || '/' || count(*)
+			  FROM pglogical.show_subscription_status()}, '2/2')
+		  or BAIL_OUT("the subscriptions of $name do not replicate");
+	}
+	$self->sync;
+	return $self;
+}
+
+sub node { my ($self, $name) = @_; return $self->{nodes}{$name}; }
+sub names { my ($self) = @_; return @{ $self->{names} }; }
+
+sub dsn
+{
+	my ($self, $name) = @_;
+	my $node = $self->{nodes}{$name};
+	return sprintf('host=%s port=%d dbname=%s', $node->host, $node->port,
+		$self->{db});
+}
+
+# A new psql session at $name (for concurrent work): errors do not stop it.
+sub session
+{
+	my ($self, $name) = @_;
+	my $s = $self->{nodes}{$name}->background_psql($self->{db},
+		on_error_stop => 0);
+	$s->set_query_timer_restart;
+	$s->query_safe('\set VERBOSITY verbose');
+	return $s;
+}
+
+# The session that sql() and try() use at $name.
+sub main_session
+{
+	my ($self, $name) = @_;
+	$self->{sessions}{$name} //= $self->session($name);
+	return $self->{sessions}{$name};
+}
+
+# Run $query in session $s: { ok, out, error, sqlstate, message }.
+sub run_in
+{
+	my ($class, $s, $query) = @_;
+	$s->{stderr} = '';
+	my ($out) = $s->query($query);
+	my $err = $s->{stderr};
+	$s->{stderr} = '';
+	my %r = (out => $out, error => $err, ok => 1);
+	if ($err =~ /(?:ERROR|FATAL|PANIC):\s+([0-9A-Z]{5}):\s+([^\n]*)/)
+	{
+		$r{ok} = 0;
+		$r{sqlstate} = $1;
+		$r{message} = $2;
+	}
+	elsif ($err =~ /ERROR|FATAL|PANIC|connection to server/)
+	{
+		$r{ok} = 0;
+		$r{sqlstate} = '';
+		$r{message} = $err;
+	}
+	return \%r;
+}
+
+sub try
+{
+	my ($self, $name, $query) = @_;
+	return SorSites->run_in($self->main_session($name), $query);
+}
+
+sub sql
+{
+	my ($self, $name, $query) = @_;
+	my $r = $self->try($name, $query);
+	croak "query at $name failed: $r->{error}\nquery: $query" unless $r->{ok};
+	return $r->{out};
+}
+
+# Poll $query at $name until it returns $expected (default 't'), at most
+# $timeout (default $WAIT) seconds.  Returns true on success; on time-out
+# prints the last answer and returns false.
+sub wait_for
+{
+	my ($self, $name, $query, $expected, $timeout) = @_;
+	$expected //= 't';
+	$timeout //= $WAIT;
+	my $deadline = time + $timeout;
+	my $r;
+	while (1)
+	{
+		$r = $self->try($name, $query);
+		return 1 if $r->{ok} && $r->{out} eq $expected;
+		last if time > $deadline;
+		usleep(10_000);
+	}
+	diag("$name: waited $timeout s for\n$query\nto return '$expected'; last: '"
+		  . ($r->{out} // '') . "' $r->{error}");
+	return 0;
+}
+
+# Wait until every subscription has received and applied its provider's
+# changes up to now: every pglogical slot has confirmed the provider's
+# current WAL position.  All streams must be running.
+sub wait_streams
+{
+	my ($self) = @_;
+	my %lsn = map { $_ => $self->sql($_, 'SELECT pg_current_wal_lsn()') } @SITES;
+	my $ok = 1;
+	for my $name (@SITES)
+	{
+		$ok &&= $self->wait_for($name, qq{
+			SELECT count(*) FILTER (WHERE confirmed_flush_lsn >= '$lsn{$name}') || '/' || count(*)
+			  FROM pg_replication_slots WHERE plugin = 'pglogical_output'},
+			(scalar(@SITES) - 1) . '/' . (scalar(@SITES) - 1));
+	}
+	return $ok;
+}
+
+# Wait until the sites have caught up with each other: the streams, then
+# the acknowledgements that the hand-offs they brought caused (run by the
+# sor workers as commands), then the streams once more.
+sub sync
+{
+	my ($self) = @_;
+	my $ok = $self->wait_streams;
+	for my $name (@SITES)
+	{
+		$ok &&= $self->wait_for($name, 'SELECT count(*) FROM sor.command', '0');
+	}
+	$ok &&= $self->wait_streams;
+	croak 'the sites did not catch up' unless $ok;
+	return $ok;
+}
+
+# Counts and md5 of every row of both tables, in key order.
+our $CHECKSUM = q{
+	SELECT (SELECT count(*) FROM customer) || ' customers, '
+	    || (SELECT count(*) FROM orders) || ' orders, '
+	    || (SELECT md5(coalesce(string_agg(c::text, ';' ORDER BY id), '')) FROM customer c)
+	    || ' '
+	    || (SELECT md5(coalesce(string_agg(o::text, ';' ORDER BY order_id), '')) FROM orders o)};
+
+sub checksum
+{
+	my ($self, $name) = @_;
+	return $self->sql($name, $CHECKSUM);
+}
+
+# Ownership as this site sees it: entries and the domain's default owner.
+our $OWNERSHIP = q{
+	SELECT md5(coalesce(string_agg(domain || ':' || key || '=' || site || '@' || epoch, ';'
+	                               ORDER BY domain, key), ''))
+	    || ' ' || (SELECT string_agg(name || '=' || coalesce(default_site, '-') || '@' || default_epoch,
+	                                 ';' ORDER BY name) FROM sor.domain)
+	  FROM sor.owner_entry};
+
+sub ownership
+{
+	my ($self, $name) = @_;
+	return $self->sql($name, $OWNERSHIP);
+}
+
+# Assert that every site holds the same data (and the same ownership).
+sub assert_identical
+{
+	my ($self, $what) = @_;
+	my %sum = map { $_ => $self->checksum($_) } @SITES;
+	my %own = map { $_ => $self->ownership($_) } @SITES;
+	for my $name (@SITES[ 1 .. $#SITES ])
+	{
+		is($sum{$name}, $sum{ $SITES[0] },
+			"$what: $name holds the same rows as $SITES[0]");
+		is($own{$name}, $own{ $SITES[0] },
+			"$what: $name sees the same ownership as $SITES[0]");
+	}
+	note "$what: $sum{$SITES[0]}";
+	return $sum{ $SITES[0] };
+}
+
+# Stop the stream of $from's changes to $to (at $to), and start it again.
+sub pause
+{
+	my ($self, $from, $to) = @_;
+	$self->sql($to, "SELECT pglogical.alter_subscription_disable('sor_${from}_to_$to', true)");
+	$self->wait_for($to, qq{
+		SELECT status FROM pglogical.show_subscription_status('sor_${from}_to_$to')}, 'disabled')
+	  or croak "could not pause sor_${from}_to_$to";
+	# the walsender at $from is gone too
+	$self->wait_for($from, qq{
+		SELECT count(*) FROM pg_stat_replication WHERE application_name = 'sor_${from}_to_$to'}, '0')
+	  or croak "the walsender of sor_${from}_to_$to is still there";
+	$self->{paused}{"$from>$to"} = 1;
+	return;
+}
+
+sub resume
+{
+	my ($self, $from, $to) = @_;
+	$self->sql($to, "SELECT pglogical.alter_subscription_enable('sor_${from}_to_$to', true)");
+	$self->wait_for($to, qq{
+		SELECT status FROM pglogical.show_subscription_status('sor_${from}_to_$to')}, 'replicating')
+	  or croak "could not resume sor_${from}_to_$to";
+	delete $self->{paused}{"$from>$to"};
+	return;
+}
+
+# Restart the server of site $name (its sessions are opened again).
+sub restart
+{
+	my ($self, $name, $mode) = @_;
+	my $s = delete $self->{sessions}{$name};
+	eval { $s->quit if $s; };
+	$self->{nodes}{$name}->restart(mode => $mode // 'fast');
+	return;
+}
+
+# Lines of the server logs of all sites that match $re.
+sub log_lines
+{
+	my ($self, $re) = @_;
+	my @found;
+	for my $name (@SITES)
+	{
+		my $log = slurp_file($self->{nodes}{$name}->logfile);
+		push @found, map { "$name: $_" } grep { /$re/ } split /\n/, $log;
+	}
+	return @found;
+}
+
+sub teardown
+{
+	my ($self) = @_;
+	for my $name (@SITES)
+	{
+		my $s = delete $self->{sessions}{$name};
+		eval { $s->quit if $s; };
+	}
+	$self->{nodes}{$_}->stop for @SITES;
+	return;
+}
+
+1;
