@@ -51,6 +51,7 @@ typedef struct SorDomain
 	bool		has_default;	/* has a default owner */
 	char		default_site[NAMEDATALEN];
 	int64		default_epoch;
+	bool		has_entries;	/* some key has an ownership entry */
 } SorDomain;
 
 /* Cached facts about one table that is registered or a partition of one. */
@@ -118,6 +119,7 @@ extern bool sor_is_catalog_relation(Oid relid);
 /* lock.c */
 extern uint64 sor_record_hash(const char *domain, const char *key);
 extern void sor_lock_record_for_write(const char *domain, uint64 record_hash);
+extern bool sor_domain_write_locked(const char *domain);
 extern void sor_lock_record_for_handoff(const char *domain, const char *key);
 extern void sor_lock_domain_for_handoff(const char *domain);
 

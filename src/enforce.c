@@ -165,15 +165,20 @@ text_or_null(const char *value, char *null)
 /*
  * Find the record that the key column of tuple names, take its write lock
  * (lock.c) and look up its owner.  Returns the table's cache entry; the
- * key's canonical text comes back through *key.
+ * key comes back through *key as a Datum of the column's type (key_text()
+ * gives its canonical text).
+ *
+ * A transaction that holds its domain's lock (a bulk write) and writes a
+ * domain whose keys all fall to the default owner needs neither the key's
+ * text nor a lookup: the fast path of COPY and INSERT ... SELECT.
  */
 static SorTable *
-lock_record(Relation rel, HeapTuple tuple, char **key, SorOwnership *owner)
+lock_record(Relation rel, HeapTuple tuple, Datum *key, SorOwnership *owner)
 {
 	Oid			relid = RelationGetRelid(rel);
 	SorTable   *table;
-	Datum		value;
 	bool		isnull;
+	char	   *key_string;
 	uint64		record_hash;
 	uint64		generation;
 
@@ -181,8 +186,8 @@ lock_record(Relation rel, HeapTuple tuple, char **key, SorOwnership *owner)
 	if (table == NULL)
 		not_registered(rel);
 
-	value = heap_getattr(tuple, table->key_attnum, RelationGetDescr(rel),
-						 &isnull);
+	*key = heap_getattr(tuple, table->key_attnum, RelationGetDescr(rel),
+						&isnull);
 	if (isnull)
 		ereport(ERROR,
 				(errcode(ERRCODE_NOT_NULL_VIOLATION),
@@ -190,8 +195,16 @@ lock_record(Relation rel, HeapTuple tuple, char **key, SorOwnership *owner)
 						get_attname(relid, table->key_attnum, false),
 						qualified_name(rel)),
 				 errdetail("Every row of a registered table belongs to the record its key names.")));
-	*key = OutputFunctionCall(&table->key_output, value);
-	record_hash = sor_record_hash(table->domain->name, *key);
+
+	if (!table->domain->has_entries &&
+		sor_domain_write_locked(table->domain->name))
+	{
+		sor_lookup_owner(table->domain, NULL, 0, owner);
+		return table;
+	}
+
+	key_string = OutputFunctionCall(&table->key_output, *key);
+	record_hash = sor_record_hash(table->domain->name, key_string);
 
 	/* Lock first, then check: a hand-off that committed meanwhile is seen. */
 	generation = sor_cache_generation();
@@ -201,8 +214,15 @@ lock_record(Relation rel, HeapTuple tuple, char **key, SorOwnership *owner)
 		(table = sor_lookup_table(relid)) == NULL)
 		not_registered(rel);
 
-	sor_lookup_owner(table->domain, *key, record_hash, owner);
+	sor_lookup_owner(table->domain, key_string, record_hash, owner);
 	return table;
+}
+
+/* The canonical text of a key that lock_record() returned. */
+static char *
+key_text(SorTable *table, Datum key)
+{
+	return OutputFunctionCall(&table->key_output, key);
 }
 
 /*
@@ -213,7 +233,7 @@ static void
 check_record(Relation rel, HeapTuple tuple)
 {
 	SorTable   *table;
-	char	   *key;
+	Datum		key;
 	const char *local;
 	SorOwnership owner;
 
@@ -233,7 +253,7 @@ check_record(Relation rel, HeapTuple tuple)
 		ereport(ERROR,
 				(errcode(ERRCODE_SOR_NO_OWNER),
 				 errmsg("cannot write key \"%s\" of table \"%s\" at site \"%s\": the record has no owner",
-						key, qualified_name(rel), local),
+						key_text(table, key), qualified_name(rel), local),
 				 errdetail("Domain \"%s\" has no ownership entry for the key and no default site.",
 						   table->domain->name),
 				 errhint("Claim the record for this site with sor.claim() first.")));
@@ -244,7 +264,7 @@ check_record(Relation rel, HeapTuple tuple)
 		ereport(ERROR,
 				(errcode(ERRCODE_SOR_NOT_OWNER),
 				 errmsg("cannot write key \"%s\" of table \"%s\" at site \"%s\": the record is owned by site \"%s\"",
-						key, qualified_name(rel), local, owner.site),
+						key_text(table, key), qualified_name(rel), local, owner.site),
 				 errdetail("Only the owner writes a record; other sites hold read-only copies (domain \"%s\", epoch " INT64_FORMAT ").",
 						   table->domain->name, owner.epoch),
 				 errhint("Send the write to site \"%s\", or have that site transfer the record with sor.transfer().",
@@ -256,8 +276,8 @@ check_record(Relation rel, HeapTuple tuple)
 		ereport(ERROR,
 				(errcode(ERRCODE_SOR_HANDOFF_PENDING),
 				 errmsg("cannot write key \"%s\" of table \"%s\" at site \"%s\" yet: the hand-off is not acknowledged by site %s",
-						key, qualified_name(rel), local,
-						sor_missing_acks(table->domain->name, key)),
+						key_text(table, key), qualified_name(rel), local,
+						sor_missing_acks(table->domain->name, key_text(table, key))),
 				 errdetail("The record was handed to this site at epoch " INT64_FORMAT "; a site acknowledges once it has applied every change the previous owner made before.",
 						   owner.epoch),
 				 errhint("Retry shortly; sor.handoffs shows which sites are still to acknowledge.")));
@@ -319,14 +339,14 @@ apply_replicated_row(TriggerData *trigdata)
 	for (i = 0; i < 2 && records[i] != NULL; i++)
 	{
 		SorTable   *table;
-		char	   *key;
+		Datum		key;
 		SorOwnership owner;
 
 		table = lock_record(rel, records[i], &key, &owner);
 		if (!owner.owned || origin == NULL || strcmp(owner.site, origin) != 0)
 		{
-			set_aside(rel, table, key, &owner, origin, operation, old_tuple,
-					  new_tuple);
+			set_aside(rel, table, key_text(table, key), &owner, origin,
+					  operation, old_tuple, new_tuple);
 			return NULL;
 		}
 	}

@@ -43,6 +43,7 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "common/hashfn.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
@@ -96,9 +97,11 @@ typedef struct WriteLockState
 	LocalTransactionId lxid;
 	int			record_locks;	/* distinct record locks taken in lxid */
 	bool		escalated;
+	SubTransactionId escalated_in;	/* the domain lock was last asked for */
 } WriteLockState;
 
 static HTAB *write_lock_state = NULL;
+static WriteLockState *last_state = NULL;	/* of the last call */
 
 static WriteLockState *
 get_write_lock_state(const char *domain)
@@ -106,6 +109,10 @@ get_write_lock_state(const char *domain)
 	char		key[256];
 	WriteLockState *state;
 	bool		found;
+
+	if (last_state != NULL && last_state->lxid == MyLocalTransactionId &&
+		strcmp(last_state->domain, domain) == 0)
+		return last_state;
 
 	if (write_lock_state == NULL)
 	{
@@ -124,8 +131,26 @@ get_write_lock_state(const char *domain)
 		state->lxid = MyLocalTransactionId;
 		state->record_locks = 0;
 		state->escalated = false;
+		state->escalated_in = InvalidSubTransactionId;
 	}
+	last_state = state;
 	return state;
+}
+
+/*
+ * Whether this transaction surely holds the locks that let it write every
+ * record of domain: it escalated, and asked for the domain lock in the
+ * current subtransaction (a rolled back subtransaction releases its locks,
+ * so after a subtransaction ends they are asked for again).  Then a write
+ * needs no lock calls at all.
+ */
+bool
+sor_domain_write_locked(const char *domain)
+{
+	WriteLockState *state = get_write_lock_state(domain);
+
+	return state->escalated &&
+		state->escalated_in == GetCurrentSubTransactionId();
 }
 
 /*
@@ -155,6 +180,7 @@ sor_lock_record_for_write(const char *domain, uint64 record_hash)
 		set_domain_tag(&tag, domain);
 		if (LockAcquire(&tag, ShareLock, false, false) != LOCKACQUIRE_ALREADY_HELD)
 			newly_locked = true;
+		state->escalated_in = GetCurrentSubTransactionId();
 	}
 	else
 	{
@@ -166,7 +192,10 @@ sor_lock_record_for_write(const char *domain, uint64 record_hash)
 			{
 				set_domain_tag(&tag, domain);
 				if (LockAcquire(&tag, ShareLock, false, true) != LOCKACQUIRE_NOT_AVAIL)
+				{
 					state->escalated = true;
+					state->escalated_in = GetCurrentSubTransactionId();
+				}
 			}
 		}
 	}
