@@ -17,9 +17,10 @@
 # site NAME (the other sites run the same with their own names).
 #
 # Each server listens only on a Unix socket in DIR, and has wal_level =
-# logical and shared_preload_libraries = 'pglogical, sor'; on PostgreSQL
-# 15.19 and later also output_plugin_libraries (pglogical's output plugin
-# must be allowed).
+# logical, shared_preload_libraries = 'pglogical, sor', max_worker_processes
+# = 16 (the default 8 does not hold pglogical's workers and sor's), and on
+# PostgreSQL 15.19 and later output_plugin_libraries (pglogical's output
+# plugin must be allowed).
 
 pgver=${PGVER:-15}
 pgbin=/usr/lib/postgresql/$pgver/bin
@@ -28,7 +29,8 @@ sites_dir=
 site_names=()
 sites_shown=${sites_shown:-}
 
-as_postgres() { runuser -u postgres -- "$@"; }
+# (from /, since the current directory may be closed to postgres)
+as_postgres() { (cd / && runuser -u postgres -- "$@"); }
 
 site_sql() {
     local name=$1
@@ -47,17 +49,23 @@ site_run() {
     local name=$1 sql
     shift
     if [ "$name" = "$sites_shown" ]; then
-        for sql in "$@"; do echo "$sql;"; done
+        for sql in "$@"; do echo "  $sql;"; done
     fi
     for sql in "$@"; do site_sql "$name" -c "$sql" >/dev/null; done
 }
 
-# Whether something listens on PORT: a TCP port on this machine, or a
+# sites_ports_free PORT COUNT: fail, saying so, if something listens on one
+# of the ports PORT ... PORT+COUNT-1: a TCP port on this machine, or a
 # PostgreSQL socket in the usual places.
-port_in_use() {
-    local port=$1
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
-    [ -S "/var/run/postgresql/.s.PGSQL.$port" ] || [ -S "/tmp/.s.PGSQL.$port" ]
+sites_ports_free() {
+    local port
+    for port in $(seq "$1" $(($1 + $2 - 1))); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null ||
+            [ -S "/var/run/postgresql/.s.PGSQL.$port" ] || [ -S "/tmp/.s.PGSQL.$port" ]; then
+            echo "port $port is in use; choose other ports" >&2
+            return 1
+        fi
+    done
 }
 
 sites_start() {
@@ -65,11 +73,8 @@ sites_start() {
     local port=$2 name
     shift 2
     site_names=("$@")
+    sites_ports_free "$port" $# || return 1
     for name in "${site_names[@]}"; do
-        if port_in_use "$port"; then
-            echo "port $port (for site $name) is in use; choose other ports with PORT=..." >&2
-            return 1
-        fi
         site_port[$name]=$port
         port=$((port + 1))
     done
@@ -80,10 +85,12 @@ sites_start() {
     if "$pgbin/postgres" --describe-config | grep '^output_plugin_libraries' >/dev/null; then
         extra="output_plugin_libraries = 'pgoutput, test_decoding, pglogical_output'"
     fi
+    local pids=() pid
     for name in "${site_names[@]}"; do
         as_postgres "$pgbin/initdb" -D "$sites_dir/$name" -A trust >/dev/null &
+        pids+=($!)
     done
-    wait
+    for pid in "${pids[@]}"; do wait "$pid" || return 1; done
     for name in "${site_names[@]}"; do
         cat >>"$sites_dir/$name/postgresql.conf" <<CONF
 listen_addresses = ''
@@ -92,6 +99,7 @@ port = ${site_port[$name]}
 wal_level = logical
 shared_preload_libraries = 'pglogical, sor'
 track_commit_timestamp = on
+max_worker_processes = 16
 $extra
 CONF
         if ! as_postgres "$pgbin/pg_ctl" -D "$sites_dir/$name" -l "$sites_dir/$name.log" -w start >/dev/null; then
@@ -128,12 +136,12 @@ sites_join() {
     for _ in $(seq 300); do
         waiting=
         for name in "${site_names[@]}"; do
-            waiting+=$(site_sql "$name" -tA -c "SELECT string_agg(subscription_name || ' (' || status || ')', ' ') FROM pglogical.show_subscription_status() WHERE status <> 'replicating'")
+            waiting+=$(site_sql "$name" -tA -c "SELECT string_agg(' ' || subscription_name || ' (' || status || ')', '') FROM pglogical.show_subscription_status() WHERE status <> 'replicating'")
         done
         [ -z "$waiting" ] && return 0
         sleep 0.1
     done
-    echo "subscriptions not replicating after 30 s: $waiting (see the logs in $sites_dir)" >&2
+    echo "subscriptions not replicating after 30 s:$waiting (see the logs in $sites_dir)" >&2
     return 1
 }
 

@@ -87,6 +87,7 @@ static SorCatalog catalog;
 
 static MemoryContext cache_context = NULL;
 static MemoryContext owner_context = NULL;	/* child: owner_cache, its keys */
+static MemoryContext table_context = NULL;	/* child: table_cache */
 static HTAB *domain_cache = NULL;
 static HTAB *table_cache = NULL;
 static HTAB *owner_cache = NULL;
@@ -96,20 +97,26 @@ static bool local_site_set = false;
 static char local_site_name[NAMEDATALEN];
 
 static bool cache_stale = false;
+static bool tables_stale = false;	/* only table_cache */
+
+static void create_table_cache(void);
 static uint64 cache_generation = 0;
 
 /*
- * Invalidation of a sor catalog table, or of a cached registered table (its
- * key column may have changed type, a partition may have moved): drop it
- * all at the next revalidation.
+ * Invalidation of a sor catalog table: drop it all at the next
+ * revalidation.  Invalidation of a cached registered table (its key column
+ * may have changed type, a partition may have moved): drop the table cache
+ * only, since ANALYZE and VACUUM send these often and ownership does not
+ * depend on them.
  */
 static void
 relcache_callback(Datum arg, Oid relid)
 {
-	if (relid == InvalidOid || sor_is_catalog_relation(relid) ||
-		(table_cache != NULL &&
-		 hash_search(table_cache, &relid, HASH_FIND, NULL) != NULL))
+	if (relid == InvalidOid || sor_is_catalog_relation(relid))
 		cache_stale = true;
+	else if (table_cache != NULL &&
+			 hash_search(table_cache, &relid, HASH_FIND, NULL) != NULL)
+		tables_stale = true;
 }
 
 /* Called once per backend from _PG_init. */
@@ -138,9 +145,18 @@ sor_is_catalog_relation(Oid relid)
 void
 sor_cache_revalidate(void)
 {
-	if (!cache_stale)
+	if (!cache_stale && !tables_stale)
 		return;
+	if (!cache_stale)
+	{
+		tables_stale = false;
+		cache_generation++;
+		MemoryContextReset(table_context);
+		create_table_cache();
+		return;
+	}
 	cache_stale = false;
+	tables_stale = false;
 	cache_generation++;
 	catalog_known = false;
 	local_site_known = false;
@@ -181,6 +197,18 @@ primary_key_of(Oid relid)
 
 	table_close(rel, AccessShareLock);
 	return indexid;
+}
+
+static void
+create_table_cache(void)
+{
+	HASHCTL		ctl;
+
+	ctl.keysize = sizeof(Oid);
+	ctl.entrysize = sizeof(SorTable);
+	ctl.hcxt = table_context;
+	table_cache = hash_create("sor tables", 16, &ctl,
+							  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 }
 
 static void
@@ -232,10 +260,9 @@ load_catalog(void)
 	domain_cache = hash_create("sor domains", 16, &ctl,
 							   HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
 
-	ctl.keysize = sizeof(Oid);
-	ctl.entrysize = sizeof(SorTable);
-	table_cache = hash_create("sor tables", 16, &ctl,
-							  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	table_context = AllocSetContextCreate(cache_context, "sor table cache",
+										  ALLOCSET_SMALL_SIZES);
+	create_table_cache();
 
 	owner_context = AllocSetContextCreate(cache_context, "sor ownership cache",
 										  ALLOCSET_DEFAULT_SIZES);
@@ -407,6 +434,14 @@ sor_lookup_domain(const char *name, bool missing_ok)
 
 	table_close(rel, AccessShareLock);
 
+	/* whether any key has an entry of its own (else all fall to the default) */
+	ScanKeyInit(&key, Anum_owner_entry_domain, BTEqualStrategyNumber, F_TEXTEQ,
+				CStringGetTextDatum(name));
+	tuple = fetch_catalog_row(catalog.owner_entry, catalog.owner_entry_pkey,
+							  1, &key, &rel);
+	loaded.has_entries = HeapTupleIsValid(tuple);
+	table_close(rel, AccessShareLock);
+
 	/* nothing can fail from here on: no half-built entry is left behind */
 	domain = hash_search(domain_cache, hashkey, HASH_ENTER, &found);
 	*domain = loaded;
@@ -492,7 +527,7 @@ sor_lookup_table(Oid relid)
 
 	domain = sor_lookup_domain(domain_name, false);
 	getTypeOutputInfo(atttype, &func, &isvarlena);
-	fmgr_info_cxt(func, &key_output, cache_context);
+	fmgr_info_cxt(func, &key_output, table_context);
 
 	/* nothing can fail from here on: no half-built entry is left behind */
 	table = hash_search(table_cache, &relid, HASH_ENTER, NULL);
@@ -537,14 +572,15 @@ sor_missing_acks(const char *domain, const char *key)
 /*
  * Who owns (domain, key): its ownership entry, else the domain's default
  * owner, else nobody.  key must be in canonical form, record_hash its
- * sor_record_hash().
+ * sor_record_hash(); both may be left out (NULL, 0) for a domain without
+ * entries (!has_entries).
  */
 void
 sor_lookup_owner(SorDomain *domain, const char *key, uint64 record_hash,
 				 SorOwnership *result)
 {
-	size_t		dlen = strlen(domain->name);
-	Size		len = dlen + 1 + strlen(key);
+	size_t		dlen;
+	Size		len;
 	char	   *stored_key;
 	OwnerCacheEntry *entry;
 	bool		found;
@@ -554,6 +590,21 @@ sor_lookup_owner(SorDomain *domain, const char *key, uint64 record_hash,
 
 	load_catalog();
 
+	/* a domain without entries: no lookup, nothing to cache */
+	if (!domain->has_entries)
+	{
+		memset(result, 0, sizeof(SorOwnership));
+		result->owned = domain->has_default;
+		if (domain->has_default)
+		{
+			strlcpy(result->site, domain->default_site, NAMEDATALEN);
+			result->epoch = domain->default_epoch;
+		}
+		return;
+	}
+
+	dlen = strlen(domain->name);
+	len = dlen + 1 + strlen(key);
 	entry = hash_search(owner_cache, &record_hash, HASH_FIND, NULL);
 	if (entry && entry->len == len &&
 		strcmp(entry->domain_key, domain->name) == 0 &&

@@ -9,8 +9,13 @@
 #                                   other site's changes (and acknowledged
 #                                   the hand-offs among them)
 #   $s->checksum($site)             row counts and md5 of both tables
+#   $s->transfer($site, $key, $to)  sor.transfer of a customer, retried
+#                                   while refused with SR001 or SR005
 #   $s->pause($from, $to)           stop the stream from site $from at $to
 #   $s->resume($from, $to)
+#   $s->isolate($site), $s->reconnect($site)
+#                                   pause or resume every stream from and
+#                                   to $site
 #
 # Every site has the tables customer (key id) and orders (key customer_id),
 # registered in domain "customer" with default site paris.  Queries run
@@ -31,6 +36,52 @@ our @SITES = qw(paris london tokyo);
 # Seconds to wait for replication before a test fails (not the 180 s of
 # poll_query_until: a failing convergence check should fail soon).
 our $WAIT = $ENV{SOR_TEST_WAIT} // 60;
+
+# Local helpers (not registered, not replicated).
+#
+# write_when_owner(k, suffix, timeout): retry, every 1 ms, each try in a
+# transaction of its own, to append suffix to the name of customer k until
+# this site accepts it (SR001 and SR005 are retried; a missing row is
+# retried too, it may be on its way).  Returns the name written, the number
+# of orders of k seen in that transaction, the tries, refusals by SQLSTATE,
+# the xid of the transaction that wrote and the time it wrote.
+our $HELPERS = q{
+CREATE PROCEDURE write_when_owner(k bigint, suffix text, timeout_s float8,
+    INOUT got text DEFAULT NULL, INOUT orders_seen bigint DEFAULT NULL,
+    INOUT tries int DEFAULT 0, INOUT sr001 int DEFAULT 0,
+    INOUT sr005 int DEFAULT 0, INOUT xid text DEFAULT NULL,
+    INOUT accepted_at timestamptz DEFAULT NULL)
+LANGUAGE plpgsql AS $$
+DECLARE
+    t0 timestamptz := clock_timestamp();
+    n bigint;
+BEGIN
+    LOOP
+        tries := tries + 1;
+        BEGIN
+            UPDATE customer SET name = name || suffix WHERE id = k
+            RETURNING name INTO got;
+            GET DIAGNOSTICS n = ROW_COUNT;
+            IF n = 1 THEN
+                SELECT count(*) INTO orders_seen FROM orders WHERE customer_id = k;
+                xid := pg_current_xact_id()::xid::text;
+                accepted_at := clock_timestamp();
+            END IF;
+        EXCEPTION
+            WHEN SQLSTATE 'SR001' THEN sr001 := sr001 + 1;
+            WHEN SQLSTATE 'SR005' THEN sr005 := sr005 + 1;
+        END;
+        EXIT WHEN accepted_at IS NOT NULL;
+        IF clock_timestamp() > t0 + make_interval(secs => timeout_s) THEN
+            RAISE EXCEPTION 'customer % not writable here after % s (% tries, % SR001, % SR005)',
+                k, timeout_s, tries, sr001, sr005;
+        END IF;
+        COMMIT;
+        PERFORM pg_sleep(0.001);
+    END LOOP;
+END
+$$;
+};
 
 sub new
 {
@@ -85,6 +136,7 @@ $allow
 	}
 	for my $name (@SITES)
 	{
+		$self->sql($name, $HELPERS);
 		$self->sql($name, "SELECT sor.create_node('" . $self->dsn($name) . "')");
 	}
 	for my $name (@SITES)
@@ -275,6 +327,27 @@ sub assert_identical
 	return $sum{ $SITES[0] };
 }
 
+# Transfer customer $key at $site to $to, retrying while $site is not its
+# owner yet (SR001: the hand-off to $site is on its way) or may not hand it
+# on yet (SR005: not acknowledged).  Returns the refusals seen, by SQLSTATE.
+sub transfer
+{
+	my ($self, $site, $key, $to, $timeout) = @_;
+	my $deadline = time + ($timeout // $WAIT);
+	my %refused;
+	while (1)
+	{
+		my $r = $self->try($site, "SELECT sor.transfer('customer', '$key', '$to')");
+		return \%refused if $r->{ok};
+		croak "transfer of $key at $site failed: $r->{error}"
+		  unless ($r->{sqlstate} // '') =~ /^SR00[15]$/;
+		$refused{ $r->{sqlstate} }++;
+		croak "transfer of $key at $site to $to still refused after the time-out: $r->{message}"
+		  if time > $deadline;
+		usleep(2_000);
+	}
+}
+
 # Stop the stream of $from's changes to $to (at $to), and start it again.
 sub pause
 {
@@ -302,6 +375,28 @@ sub resume
 	return;
 }
 
+sub isolate
+{
+	my ($self, $site) = @_;
+	for my $other (grep { $_ ne $site } @SITES)
+	{
+		$self->pause($site, $other);
+		$self->pause($other, $site);
+	}
+	return;
+}
+
+sub reconnect
+{
+	my ($self, $site) = @_;
+	for my $other (grep { $_ ne $site } @SITES)
+	{
+		$self->resume($site, $other);
+		$self->resume($other, $site);
+	}
+	return;
+}
+
 # Restart the server of site $name (its sessions are opened again).
 sub restart
 {
@@ -311,6 +406,48 @@ sub restart
 	$self->{nodes}{$name}->restart(mode => $mode // 'fast');
 	return;
 }
+
+# Start $query in session $s without waiting for it; collect() waits for
+# it and returns what run_in() returns.
+sub launch
+{
+	my ($class, $s, $query) = @_;
+	$s->{stdout} = '';
+	$s->{stderr} = '';
+	$s->{stdin} .= "$query\n;\n\\echo __launched_done__\n\\warn __launched_done__\n";
+	$s->{run}->pump_nb;
+	return;
+}
+
+sub collect
+{
+	my ($class, $s) = @_;
+	my $done = qr/__launched_done__\n/;
+	$s->{timeout}->start;
+	$s->{run}->pump
+	  until ($s->{stdout} =~ $done && $s->{stderr} =~ $done)
+	  || $s->{timeout}->is_expired;
+	croak 'psql timed out' if $s->{timeout}->is_expired;
+	my $out = $s->{stdout};
+	my $err = $s->{stderr};
+	$out =~ s/\n?__launched_done__\n//;
+	$err =~ s/__launched_done__\n//;
+	$s->{stdout} = '';
+	$s->{stderr} = '';
+	my %r = (out => $out, error => $err, ok => 1);
+	if ($err =~ /(?:ERROR|FATAL|PANIC):\s+([0-9A-Z]{5}):\s+([^\n]*)/)
+	{
+		@r{qw(ok sqlstate message)} = (0, $1, $2);
+	}
+	return \%r;
+}
+
+# pglogical's log line for a change of a registered table that met a row
+# that was already there (an INSERT applied twice) or found no row (an
+# UPDATE or DELETE before its INSERT).  pglogical also logs an UPDATE of a
+# row last written by another origin ("remote UPDATE ... (local index
+# ...)"): that is every write after a hand-off, not an error.
+our $DUPLICATE_OR_MISSING = qr/CONFLICT: remote (?:INSERT on relation public\.|(?:UPDATE|DELETE) on relation public\.\S+ replica identity index .*\(tuple not found\))/;
 
 # Lines of the server logs of all sites that match $re.
 sub log_lines
