@@ -1692,9 +1692,11 @@ CREATE VIEW @extschema@.conflicts AS
            key, operation, old_row, new_row
       FROM @extschema@.conflict;
 
--- Writes refused here since the server started, per table and owner.
+-- Writes refused here since the server started, per table, owner and
+-- SQLSTATE (SR001 not the owner, SR002 no owner, SR005 hand-off not yet
+-- acknowledged).
 CREATE FUNCTION @extschema@.refused_write_counts(
-    OUT tbl regclass, OUT owner_site text, OUT refused bigint,
+    OUT tbl regclass, OUT owner_site text, OUT sqlstate text, OUT refused bigint,
     OUT last_refused_at timestamptz, OUT last_application_name text)
     RETURNS SETOF record
     LANGUAGE C AS 'MODULE_PATHNAME', 'sor_refused_write_counts';

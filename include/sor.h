@@ -125,7 +125,8 @@ extern void sor_lock_domain_for_handoff(const char *domain);
 
 /* stats.c */
 extern void sor_stats_init(void);
-extern void sor_count_refusal(Oid relid, const char *owner_site);
+extern void sor_count_refusal(Oid relid, const char *owner_site,
+							  const char *sqlstate);
 
 /* functions.c */
 extern char *sor_required_text_arg(FunctionCallInfo fcinfo, int argno,

@@ -249,7 +249,7 @@ check_record(Relation rel, HeapTuple tuple)
 
 	if (!owner.owned)
 	{
-		sor_count_refusal(RelationGetRelid(rel), "");
+		sor_count_refusal(RelationGetRelid(rel), "", "SR002");
 		ereport(ERROR,
 				(errcode(ERRCODE_SOR_NO_OWNER),
 				 errmsg("cannot write key \"%s\" of table \"%s\" at site \"%s\": the record has no owner",
@@ -260,7 +260,7 @@ check_record(Relation rel, HeapTuple tuple)
 	}
 	if (strcmp(owner.site, local) != 0)
 	{
-		sor_count_refusal(RelationGetRelid(rel), owner.site);
+		sor_count_refusal(RelationGetRelid(rel), owner.site, "SR001");
 		ereport(ERROR,
 				(errcode(ERRCODE_SOR_NOT_OWNER),
 				 errmsg("cannot write key \"%s\" of table \"%s\" at site \"%s\": the record is owned by site \"%s\"",
@@ -272,7 +272,7 @@ check_record(Relation rel, HeapTuple tuple)
 	}
 	if (owner.acks_missing)
 	{
-		sor_count_refusal(RelationGetRelid(rel), owner.site);
+		sor_count_refusal(RelationGetRelid(rel), owner.site, "SR005");
 		ereport(ERROR,
 				(errcode(ERRCODE_SOR_HANDOFF_PENDING),
 				 errmsg("cannot write key \"%s\" of table \"%s\" at site \"%s\" yet: the hand-off is not acknowledged by site %s",

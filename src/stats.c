@@ -33,6 +33,7 @@ typedef struct RefusalCounter
 	Oid			dboid;			/* InvalidOid: slot unused */
 	Oid			relid;
 	char		owner_site[NAMEDATALEN];
+	char		sqlstate[6];	/* why: SR001, SR002 or SR005 */
 	int64		refused;
 	TimestampTz last_refused_at;
 	char		last_application_name[NAMEDATALEN];
@@ -90,9 +91,12 @@ sor_stats_init(void)
 	shmem_startup_hook = stats_shmem_startup;
 }
 
-/* Count a write to relid refused because owner_site owns the record. */
+/*
+ * Count a write to relid refused with sqlstate (SR001 and the like) while
+ * owner_site ("" for none) owns the record.
+ */
 void
-sor_count_refusal(Oid relid, const char *owner_site)
+sor_count_refusal(Oid relid, const char *owner_site, const char *sqlstate)
 {
 	RefusalCounter *counter = NULL;
 	RefusalCounter *oldest = NULL;
@@ -107,7 +111,8 @@ sor_count_refusal(Oid relid, const char *owner_site)
 		RefusalCounter *c = &refusals->counters[i];
 
 		if (c->dboid == MyDatabaseId && c->relid == relid &&
-			strcmp(c->owner_site, owner_site) == 0)
+			strcmp(c->owner_site, owner_site) == 0 &&
+			strcmp(c->sqlstate, sqlstate) == 0)
 		{
 			counter = c;
 			break;
@@ -124,6 +129,7 @@ sor_count_refusal(Oid relid, const char *owner_site)
 		counter->dboid = MyDatabaseId;
 		counter->relid = relid;
 		strlcpy(counter->owner_site, owner_site, NAMEDATALEN);
+		strlcpy(counter->sqlstate, sqlstate, sizeof(counter->sqlstate));
 	}
 	counter->refused++;
 	counter->last_refused_at = GetCurrentTimestamp();
@@ -149,16 +155,18 @@ sor_refused_write_counts(PG_FUNCTION_ARGS)
 	for (i = 0; i < SOR_REFUSAL_SLOTS; i++)
 	{
 		RefusalCounter *c = &refusals->counters[i];
-		Datum		values[5];
-		bool		nulls[5] = {false};
+		Datum		values[6];
+		bool		nulls[6] = {false};
 
 		if (c->dboid != MyDatabaseId)
 			continue;
 		values[0] = ObjectIdGetDatum(c->relid);
 		values[1] = CStringGetTextDatum(c->owner_site);
-		values[2] = Int64GetDatum(c->refused);
-		values[3] = TimestampTzGetDatum(c->last_refused_at);
-		values[4] = CStringGetTextDatum(c->last_application_name);
+		nulls[1] = c->owner_site[0] == '\0';
+		values[2] = CStringGetTextDatum(c->sqlstate);
+		values[3] = Int64GetDatum(c->refused);
+		values[4] = TimestampTzGetDatum(c->last_refused_at);
+		values[5] = CStringGetTextDatum(c->last_application_name);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	LWLockRelease(refusals->lock);
