@@ -540,7 +540,9 @@ sor_lookup_table(Oid relid)
 /*
  * The sites that have yet to acknowledge the hand-off of (domain, key) to
  * this site, quoted and comma-separated, or NULL.  Rare (only entries that
- * arrived by a transfer ask), so SQL.
+ * arrived by a transfer ask), so SQL, run under the latest snapshot like
+ * every other lookup here: the transaction's own snapshot may be older
+ * than the entry that asks.
  */
 char *
 sor_missing_acks(const char *domain, const char *key)
@@ -555,9 +557,11 @@ sor_missing_acks(const char *domain, const char *key)
 	args[0] = CStringGetTextDatum(domain);
 	args[1] = CStringGetTextDatum(key);
 	SPI_connect();
+	PushActiveSnapshot(GetLatestSnapshot());
 	if (SPI_execute_with_args("SELECT sor.missing_acks($1, $2)",
 							  2, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not look up the acknowledgements of a hand-off");
+	PopActiveSnapshot();
 	if (SPI_processed == 1)
 	{
 		sites = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,

@@ -236,6 +236,7 @@ check_record(Relation rel, HeapTuple tuple)
 	Datum		key;
 	const char *local;
 	SorOwnership owner;
+	char	   *waiting;
 
 	table = lock_record(rel, tuple, &key, &owner);
 
@@ -270,14 +271,20 @@ check_record(Relation rel, HeapTuple tuple)
 				 errhint("Send the write to site \"%s\", or have that site transfer the record with sor.transfer().",
 						 owner.site)));
 	}
-	if (owner.acks_missing)
+	/*
+	 * Acknowledgements only ever complete, and the record lock keeps the
+	 * owner as it is: if they are all in by now, the write may go on.
+	 */
+	if (owner.acks_missing &&
+		(waiting = sor_missing_acks(table->domain->name,
+									key_text(table, key))) != NULL)
 	{
 		sor_count_refusal(RelationGetRelid(rel), owner.site, "SR005");
 		ereport(ERROR,
 				(errcode(ERRCODE_SOR_HANDOFF_PENDING),
 				 errmsg("cannot write key \"%s\" of table \"%s\" at site \"%s\" yet: the hand-off is not acknowledged by site %s",
 						key_text(table, key), qualified_name(rel), local,
-						sor_missing_acks(table->domain->name, key_text(table, key))),
+						waiting),
 				 errdetail("The record was handed to this site at epoch " INT64_FORMAT "; a site acknowledges once it has applied every change the previous owner made before.",
 						   owner.epoch),
 				 errhint("Retry shortly; sor.handoffs shows which sites are still to acknowledge.")));
@@ -502,16 +509,21 @@ request_ack(const char *domain, const char *key, int64 epoch)
 }
 
 /*
- * Whether ownership (site, epoch) comes after (other_site, other_epoch):
- * the higher epoch wins, and of two equal ones the greater site name, so
- * that every site picks the same winner.
+ * Whether ownership (site, epoch, by a transfer or not) comes after
+ * (other_site, other_epoch, other_by_transfer): the higher epoch wins; at
+ * the same epoch a takeover (or claim) wins over a transfer, which only a
+ * fenced owner can have made, and of two of a kind the greater site name
+ * wins, so that every site picks the same one.
  */
 static bool
-ownership_follows(const char *site, int64 epoch,
-				  const char *other_site, int64 other_epoch)
+ownership_follows(const char *site, int64 epoch, bool by_transfer,
+				  const char *other_site, int64 other_epoch,
+				  bool other_by_transfer)
 {
 	if (epoch != other_epoch)
 		return epoch > other_epoch;
+	if (by_transfer != other_by_transfer)
+		return !by_transfer;
 	return strcmp(site, other_site) > 0;
 }
 
@@ -535,6 +547,7 @@ apply_owner_entry(TriggerData *trigdata)
 	const char *origin = origin_site();
 	const char *previous = NULL;
 	int64		previous_epoch = 0;
+	bool		previous_by_transfer = false;
 	bool		for_local = local != NULL && strcmp(site, local) == 0;
 
 	if (is_update)
@@ -542,6 +555,8 @@ apply_owner_entry(TriggerData *trigdata)
 		previous = text_column(trigdata->tg_trigtuple, tupdesc, Anum_owner_entry_site);
 		previous_epoch = int64_column(trigdata->tg_trigtuple, tupdesc,
 									  Anum_owner_entry_epoch);
+		previous_by_transfer = text_column(trigdata->tg_trigtuple, tupdesc,
+										   Anum_owner_entry_from_site) != NULL;
 	}
 	else
 	{
@@ -563,7 +578,9 @@ apply_owner_entry(TriggerData *trigdata)
 		request_ack(domain, key, epoch);
 
 	/* not newer than what is here: keep ours */
-	if (previous != NULL && !ownership_follows(site, epoch, previous, previous_epoch))
+	if (previous != NULL &&
+		!ownership_follows(site, epoch, from_site != NULL,
+						   previous, previous_epoch, previous_by_transfer))
 		return NULL;
 
 	/* a transfer to this site: writes wait for the acknowledgements */

@@ -16,6 +16,16 @@
 #   $s->isolate($site), $s->reconnect($site)
 #                                   pause or resume every stream from and
 #                                   to $site
+#   $s->restart($site, $mode)       restart a server ("immediate": crash)
+#   $s->assert_identical($what)     every site holds the same rows and
+#                                   ownership (Test::More assertions)
+#   $s->session($site)              another psql session, for concurrent
+#                                   work: SorSites->launch($session, $sql)
+#                                   starts a query, ->collect($session)
+#                                   waits for its result
+#   $s->log_lines($regex)           matching lines of the servers' logs
+#
+# Each site also has the procedure write_when_owner() (see $HELPERS).
 #
 # Every site has the tables customer (key id) and orders (key customer_id),
 # registered in domain "customer" with default site paris.  Queries run
@@ -324,6 +334,11 @@ sub assert_identical
 			"$what: $name sees the same ownership as $SITES[0]");
 	}
 	note "$what: $sum{$SITES[0]}";
+	for my $name (@SITES)
+	{
+		my $c = $self->conflict_list($name);
+		note "$what: set aside at $name:\n$c" if $c ne '';
+	}
 	return $sum{ $SITES[0] };
 }
 
@@ -346,6 +361,18 @@ sub transfer
 		  if time > $deadline;
 		usleep(2_000);
 	}
+}
+
+# The changes set aside at $site (sor.conflicts), one line each.
+sub conflict_list
+{
+	my ($self, $site, $where) = @_;
+	$where //= 'true';
+	return $self->sql($site, qq{
+		SELECT coalesce(string_agg(concat_ws(' ', id, noted_at, reason, 'from', origin_site,
+		                                     'owner', owner_site, 'epoch', epoch, tbl, key,
+		                                     operation, old_row, new_row), E'\n' ORDER BY id), '')
+		  FROM sor.conflicts WHERE $where});
 }
 
 # Stop the stream of $from's changes to $to (at $to), and start it again.
@@ -397,13 +424,33 @@ sub reconnect
 	return;
 }
 
-# Restart the server of site $name (its sessions are opened again).
+# Restart the server of site $name: "fast" (pg_ctl restart) or
+# "immediate" (a crash: stop -m immediate, then start, with recovery).  Its
+# sessions are opened again.  The other sites' apply workers for $name's
+# stream stop with "data stream ended" when it goes; pglogical's manager
+# starts them again only when something wakes it, else after up to 180 s,
+# so they are restarted here (disable and enable, as an operator would).
 sub restart
 {
 	my ($self, $name, $mode) = @_;
 	my $s = delete $self->{sessions}{$name};
 	eval { $s->quit if $s; };
-	$self->{nodes}{$name}->restart(mode => $mode // 'fast');
+	my $node = $self->{nodes}{$name};
+	if (($mode // 'fast') eq 'immediate')
+	{
+		$node->stop('immediate');
+		$node->start;
+	}
+	else
+	{
+		$node->restart;
+	}
+	for my $other (grep { $_ ne $name } @SITES)
+	{
+		next if $self->{paused}{"$name>$other"};
+		$self->pause($name, $other);
+		$self->resume($name, $other);
+	}
 	return;
 }
 
