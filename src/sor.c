@@ -38,7 +38,7 @@ _PG_init(void)
 							&sor_workers, 2, 0, 64,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("sor.batch_size",
-							"Commands of one group that a worker runs in one transaction.",
+							"Commands that a worker runs in one transaction, of one group or several.",
 							NULL,
 							&sor_batch_size, 100, 1, 100000,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);

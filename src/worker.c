@@ -43,9 +43,11 @@ leave_slot(int code, Datum arg)
 }
 
 /*
- * One pass: run what is ready.  Returns how many commands ran; sets
- * *next_due_ms as sor_run_commands does, and *gone when the extension is
- * not installed in this database.
+ * One pass: run what is ready, up to sor.batch_size commands of as many
+ * groups as it takes, in one transaction (one commit for many small
+ * groups).  Returns how many commands ran; sets *next_due_ms as
+ * sor_run_commands does, and *gone when the extension is not installed in
+ * this database.
  */
 static int
 run_pass(long *next_due_ms, bool *gone)
@@ -61,8 +63,8 @@ run_pass(long *next_due_ms, bool *gone)
 			elog(ERROR, "SPI_connect failed");
 		PushActiveSnapshot(GetTransactionSnapshot());
 		pgstat_report_activity(STATE_RUNNING, "sor: running commands");
-		ran = sor_run_commands(sor_batch_size, 1, InvalidOid, my_slot,
-							   next_due_ms);
+		ran = sor_run_commands(sor_batch_size, sor_batch_size, InvalidOid,
+							   my_slot, next_due_ms);
 		if (ran == 0)
 			sor_forget_empty_groups();
 		PopActiveSnapshot();
