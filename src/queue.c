@@ -97,10 +97,17 @@ static SPIPlanPtr plan_failed;
 static SPIPlanPtr plan_group_after;
 static SPIPlanPtr plan_forget;
 
+/*
+ * Prepare a statement for the life of the backend.  replan: plan it again
+ * at every execution, with the tables' current sizes.  The queue's tables
+ * go from empty to a million rows between two ANALYZEs (a bulk enqueue),
+ * and a plan made while they were empty scans them whole.
+ */
 static SPIPlanPtr
-prepare(const char *sql, int nargs, Oid *argtypes)
+prepare(const char *sql, int nargs, Oid *argtypes, bool replan)
 {
-	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+	SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, argtypes,
+										  replan ? CURSOR_OPT_CUSTOM_PLAN : 0);
 
 	if (plan == NULL)
 		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql,
@@ -127,12 +134,12 @@ prepare_plans(void)
 		" AND (g.next_attempt_at, g.group_key) > ($2, $3)"
 		" AND EXISTS (SELECT FROM sor.command c WHERE c.group_key = g.group_key)"
 		" ORDER BY g.next_attempt_at, g.group_key LIMIT $1",
-		3, ready);
+		3, ready, true);
 	/* the next group in backoff that comes due */
 	plan_next_due = prepare(
 		"SELECT pg_catalog.min(next_attempt_at) FROM sor.command_group"
 		" WHERE parked_at IS NULL AND next_attempt_at > pg_catalog.clock_timestamp()",
-		0, NULL);
+		0, NULL, true);
 	/* read after the group's lock is taken: is it still ready? */
 	plan_commands = prepare(
 		"SELECT id, handler, payload, enqueued_by::oid FROM sor.command"
@@ -140,22 +147,22 @@ prepare_plans(void)
 		" AND EXISTS (SELECT FROM sor.command_group g WHERE g.group_key = $1"
 		" AND g.parked_at IS NULL AND g.next_attempt_at <= pg_catalog.clock_timestamp())"
 		" ORDER BY id LIMIT $2",
-		2, text_int);
+		2, text_int, true);
 	plan_done = prepare(
 		"DELETE FROM sor.command WHERE id = $1",
-		1, int8_text);
+		1, int8_text, false);
 	plan_failed = prepare(
 		"UPDATE sor.command SET attempts = attempts + 1, last_error = $2,"
 		" last_attempt_at = pg_catalog.clock_timestamp()"
 		" WHERE id = $1 RETURNING attempts",
-		2, int8_text);
+		2, int8_text, false);
 	plan_group_after = prepare(
 		"UPDATE sor.command_group SET next_attempt_at = $2, parked_at = $3"
 		" WHERE group_key = $1",
-		3, group_after);
+		3, group_after, false);
 	plan_forget = prepare(
 		"SELECT sor.forget_empty_groups($1)",
-		1, &text_int[1]);
+		1, &text_int[1], false);
 }
 
 static void
