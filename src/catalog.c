@@ -56,8 +56,11 @@
 #define Anum_owner_entry_epoch			4
 #define Anum_owner_entry_awaiting_acks	7
 
-/* Upper bound of cached ownership entries; past it the cache starts over. */
-#define SOR_OWNER_CACHE_MAX			100000
+/*
+ * Upper bound of cached ownership entries (about 150 bytes each); past it
+ * the cache starts over.
+ */
+#define SOR_OWNER_CACHE_MAX			262144
 
 /* OIDs of the catalog tables the caches read; valid while catalog_known. */
 typedef struct SorCatalog

@@ -168,9 +168,10 @@ text_or_null(const char *value, char *null)
  * key comes back through *key as a Datum of the column's type (key_text()
  * gives its canonical text).
  *
- * A transaction that holds its domain's lock (a bulk write) and writes a
- * domain whose keys all fall to the default owner needs neither the key's
- * text nor a lookup: the fast path of COPY and INSERT ... SELECT.
+ * A transaction that holds its domain's lock (a bulk write) takes no more
+ * locks, and in a domain whose keys all fall to the default owner needs
+ * neither the key's text nor a lookup: the fast path of COPY and
+ * INSERT ... SELECT.
  */
 static SorTable *
 lock_record(Relation rel, HeapTuple tuple, Datum *key, SorOwnership *owner)
@@ -196,10 +197,21 @@ lock_record(Relation rel, HeapTuple tuple, Datum *key, SorOwnership *owner)
 						qualified_name(rel)),
 				 errdetail("Every row of a registered table belongs to the record its key names.")));
 
-	if (!table->domain->has_entries &&
-		sor_domain_write_locked(table->domain->name))
+	/*
+	 * A bulk write that holds its domain's lock: no hand-off of the domain
+	 * can commit before it ends, so no lock calls; and if every key falls to
+	 * the default owner, no lookup either.
+	 */
+	if (sor_domain_write_locked(table->domain->name))
 	{
-		sor_lookup_owner(table->domain, NULL, 0, owner);
+		if (!table->domain->has_entries)
+		{
+			sor_lookup_owner(table->domain, NULL, 0, owner);
+			return table;
+		}
+		key_string = OutputFunctionCall(&table->key_output, *key);
+		sor_lookup_owner(table->domain, key_string,
+						 sor_record_hash(table->domain->name, key_string), owner);
 		return table;
 	}
 
