@@ -142,8 +142,8 @@ origin_site(void)
 }
 
 /*
- * Run a query of sor's own through SPI; its arguments are all text, bigint
- * or regclass, NULL where a pointer is NULL.
+ * Run a query of sor's own through SPI, with arguments as
+ * SPI_execute_with_args takes them.
  */
 static void
 run_sql(const char *query, int nargs, Oid *argtypes, Datum *args,
