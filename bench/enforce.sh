@@ -1,0 +1,133 @@
+# bench/enforce.sh: part 1, the cost of enforcement (sourced by bench/suite).
+#
+# Database "enforce", synchronous_commit = off (CPU-bound comparison).  For
+# every ownership scenario, four variants of one table (see
+# sql/enforce.sql) are measured side by side, in rounds whose order of
+# variants rotates:
+#   single-row UPDATE by random key and single-row INSERT (pgbench, 2
+#   clients, prepared statements, as the non-owner role bench);
+#   bulk INSERT ... SELECT and COPY FROM a file, into a fresh table.
+#
+# Scenarios: "default" (the domain's default site owns every key),
+# "entries_<n>" (one explicit ownership entry per key, made by sor.claim()),
+# and in full mode entries_10m (10M entries, loaded the way pg_restore
+# loads sor's catalog: too many for claims within the time budget).
+
+variants=(plain sor plpgsql rls)
+
+enforce_setup() {
+    sql postgres -c "CREATE DATABASE enforce" \
+        -c "ALTER DATABASE enforce SET synchronous_commit = off"
+    sql enforce -f "$bench/sql/enforce.sql" >/dev/null
+}
+
+# enforce_entries SCEN N KIND: the scenario's ownership: the default site
+# (default), N claims (claims) or N entries loaded as by a restore.
+enforce_entries() {
+    local scen=$1 n=$2 kind=$3 ms
+    case $kind in
+    default)
+        # one key (n + 1) owned by b, for the check that writes are refused
+        sql enforce -c "SELECT sor.transfer('$scen', '$((n + 1))', 'b')" >/dev/null
+        return ;;
+    claims)
+        ms=$(elapsed_ms postgres enforce \
+            "SELECT count(sor.claim('$scen', i::text)) FROM generate_series(1, $n) i") ;;
+    restore)
+        ms=$(elapsed_ms postgres enforce \
+            "INSERT INTO sor.owner_entry (domain, key, site, epoch)
+             SELECT '$scen', i::text, 'a', 1 FROM generate_series(1, $n) i") ;;
+    esac
+    record setup "$scen" "$kind" 1 "$(bc <<<"scale=0; $n * 1000 / $ms")" "entries/s"
+    log "  $n ownership entries ($kind) in $(bc <<<"scale=1; $ms / 1000") s"
+}
+
+# Every variant but plain refuses a write of key n + 1, which site a does
+# not own (no owner at all, or site b; RLS: the row says owner b).
+enforce_check() {
+    local scen=$1 n=$2 v status
+    for v in "${variants[@]}"; do
+        status=0
+        sql_as bench enforce -c "BEGIN" \
+            -c "INSERT INTO ${scen}_$v.ins (id, owner) VALUES ($((n + 1)), 'b')" \
+            -c "ROLLBACK" >/dev/null 2>&1 || status=$?
+        if [ "$v" = plain ] && [ $status -ne 0 ]; then die "$scen/$v refused a write"; fi
+        if [ "$v" != plain ] && [ $status -eq 0 ]; then die "$scen/$v let a foreign write through"; fi
+    done
+    record check "$scen" enforcement 1 1 ok
+}
+
+enforce_scenario() {
+    local scen=$1 n=$2 kind=$3 default_site=NULL s
+    [ "$kind" = default ] && default_site="'a'"
+    log "enforcement, scenario $scen: $n keys"
+    sql enforce -c "CALL bench_scenario('$scen', $n, '$scen', $default_site)"
+    enforce_entries "$scen" "$n" "$kind"
+    for s in "${variants[@]}"; do
+        sql enforce -c "VACUUM ANALYZE ${scen}_$s.upd"
+    done
+    sql enforce -c "VACUUM ANALYZE sor.owner_entry"
+    enforce_check "$scen" "$n"
+    enforce_rows "$scen" "$n" update
+    enforce_rows "$scen" "$n" insert
+    enforce_bulk "$scen" "$n" insert_select
+    enforce_bulk "$scen" "$n" copy
+}
+
+# enforce_rows SCEN N WORKLOAD: pgbench, every variant, $rounds rounds.
+enforce_rows() {
+    local scen=$1 n=$2 workload=$3 r v tps line
+    for ((r = 1; r <= rounds; r++)); do
+        line="  $workload round $r:"
+        for v in $(rotate 4 "$r" "${variants[@]}"); do
+            tps=$(PGOPTIONS="-c search_path=${scen}_$v" pgbench_tps bench enforce \
+                -M prepared -c 2 -j 2 -T "$secs" -D n="$n" -f "$bench/pgbench/$workload.sql")
+            record enforce_row "$scen/$workload" "$v" "$r" "$tps" tps
+            line+=" $v $tps"
+        done
+        log "$line"
+    done
+}
+
+# enforce_bulk SCEN N WORKLOAD: $bulk_rows rows into a fresh table per
+# variant and round.  COPY FROM is not supported under row-level security:
+# no rls figure for it.
+enforce_bulk() {
+    local scen=$1 n=$2 workload=$3 r v ms stmt line
+    local file=$work/copy_$scen.csv
+    local rows="SELECT 1 + (i::bigint * 7919) % $n, 'a', i FROM generate_series(1, $bulk_rows) i"
+    [ "$workload" = copy ] && [ ! -f "$file" ] &&
+        sql enforce -c "COPY ($rows) TO '$file' (FORMAT csv)"
+    for ((r = 1; r <= bulk_rounds; r++)); do
+        line="  $workload round $r:"
+        for v in $(rotate 4 "$r" "${variants[@]}"); do
+            [ "$workload" = copy ] && [ "$v" = rls ] && continue
+            sql enforce -c "SELECT bench_table('${scen}_$v', 'bulk', '$v', '$scen', NULL, false)" >/dev/null
+            case $workload in
+            insert_select) stmt="INSERT INTO ${scen}_$v.bulk (id, owner, v) $rows" ;;
+            copy) stmt="COPY ${scen}_$v.bulk (id, owner, v) FROM '$file' (FORMAT csv)" ;;
+            esac
+            ms=$(elapsed_ms bench enforce "$stmt")
+            sql enforce -c "DROP TABLE ${scen}_$v.bulk"
+            record enforce_bulk "$scen/$workload" "$v" "$r" "$(bc <<<"scale=0; $bulk_rows * 1000 / $ms")" "rows/s"
+            line+=" $v ${ms}ms"
+        done
+        log "$line"
+    done
+}
+
+# The workers of this database have no commands to run: what they cost
+# meanwhile is recorded too (part busy_db).
+run_enforcement() {
+    local spec start=$SECONDS
+    enforce_setup
+    poll_until 30 postgres "SELECT count(*) = 2 FROM pg_stat_activity WHERE backend_type = 'sor worker' AND datname = 'enforce';" ||
+        die "the workers of database enforce did not start"
+    watch_start "$work/watch_enforce" enforce
+    for spec in "${scenarios[@]}"; do
+        # shellcheck disable=SC2086
+        enforce_scenario $spec
+    done
+    watch_record "$work/watch_enforce" busy_db
+    record busy_db "part 1" duration 1 $((SECONDS - start)) s
+}
