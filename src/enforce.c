@@ -334,6 +334,26 @@ set_aside(Relation rel, SorTable *table, const char *key,
 			9, argtypes, args, nulls);
 }
 
+/* Whether an UPDATE from old_tuple to new_tuple changes the record's key. */
+static bool
+key_changed(Relation rel, HeapTuple old_tuple, HeapTuple new_tuple)
+{
+	SorTable   *table = sor_lookup_table(RelationGetRelid(rel));
+	TupleDesc	tupdesc = RelationGetDescr(rel);
+	Form_pg_attribute att;
+	bool		oldnull;
+	bool		newnull;
+	Datum		oldkey;
+	Datum		newkey;
+
+	if (table == NULL)
+		not_registered(rel);
+	att = TupleDescAttr(tupdesc, table->key_attnum - 1);
+	oldkey = heap_getattr(old_tuple, table->key_attnum, tupdesc, &oldnull);
+	newkey = heap_getattr(new_tuple, table->key_attnum, tupdesc, &newnull);
+	return newnull || !datumIsEqual(oldkey, newkey, att->attbyval, att->attlen);
+}
+
 /*
  * A change that replication brings: applied when the site it comes from
  * owns its record here (both records, for an UPDATE that changes the key),
@@ -354,7 +374,8 @@ apply_replicated_row(TriggerData *trigdata)
 	int			i;
 
 	records[0] = old_tuple ? old_tuple : new_tuple;
-	records[1] = old_tuple && new_tuple ? new_tuple : NULL;
+	records[1] = old_tuple && new_tuple &&
+		key_changed(rel, old_tuple, new_tuple) ? new_tuple : NULL;
 	for (i = 0; i < 2 && records[i] != NULL; i++)
 	{
 		SorTable   *table;
@@ -436,25 +457,8 @@ sor_enforce(PG_FUNCTION_ARGS)
 
 	/* UPDATE: the old record, and the new one if the key changes */
 	check_record(rel, trigdata->tg_trigtuple);
-	{
-		SorTable   *table = sor_lookup_table(RelationGetRelid(rel));
-		TupleDesc	tupdesc = RelationGetDescr(rel);
-		Form_pg_attribute att;
-		bool		oldnull;
-		bool		newnull;
-		Datum		oldkey;
-		Datum		newkey;
-
-		if (table == NULL)
-			not_registered(rel);
-		att = TupleDescAttr(tupdesc, table->key_attnum - 1);
-		oldkey = heap_getattr(trigdata->tg_trigtuple, table->key_attnum,
-							  tupdesc, &oldnull);
-		newkey = heap_getattr(trigdata->tg_newtuple, table->key_attnum,
-							  tupdesc, &newnull);
-		if (newnull || !datumIsEqual(oldkey, newkey, att->attbyval, att->attlen))
-			check_record(rel, trigdata->tg_newtuple);
-	}
+	if (key_changed(rel, trigdata->tg_trigtuple, trigdata->tg_newtuple))
+		check_record(rel, trigdata->tg_newtuple);
 	return PointerGetDatum(trigdata->tg_newtuple);
 }
 
