@@ -1165,10 +1165,18 @@ CREATE INDEX command_group_key_id ON @extschema@.command (group_key, id);
 -- commits; consumers change only non-key columns, so neither waits for the
 -- other.  Rows of groups left without commands are deleted by
 -- forget_empty_groups().
+--
+-- done_through is the id of the last command of the group that ran, set in
+-- the transaction that deleted it.  Commands of a group get their ids in
+-- the order in which they commit (src/queue.c), so none at or below it is
+-- left: consumers look for the group's commands above it, and so do not
+-- step over the index entries of the commands they deleted before vacuum
+-- removes them (with a large backlog, thousands per group).
 CREATE TABLE @extschema@.command_group (
     group_key       text COLLATE "C" PRIMARY KEY,
     next_attempt_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    parked_at       timestamptz
+    parked_at       timestamptz,
+    done_through    bigint NOT NULL DEFAULT 0
 );
 CREATE INDEX command_group_ready ON @extschema@.command_group (next_attempt_at)
     WHERE parked_at IS NULL;
@@ -1270,7 +1278,8 @@ BEGIN
     SELECT array_agg(e.group_key) INTO keys
       FROM (SELECT g.group_key FROM @extschema@.command_group g
              WHERE NOT EXISTS (SELECT FROM @extschema@.command c
-                                WHERE c.group_key = g.group_key)
+                                WHERE c.group_key = g.group_key
+                                  AND c.id > g.done_through)
              LIMIT max_groups FOR UPDATE SKIP LOCKED) e;
     IF keys IS NULL THEN
         RETURN 0;

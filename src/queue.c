@@ -121,7 +121,7 @@ prepare_plans(void)
 {
 	Oid			text_int[2] = {TEXTOID, INT4OID};
 	Oid			int8_text[2] = {INT8OID, TEXTOID};
-	Oid			group_after[3] = {TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID};
+	Oid			group_after[4] = {TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT8OID};
 	Oid			ready[3] = {INT4OID, TIMESTAMPTZOID, TEXTOID};
 
 	if (plan_ready_groups != NULL)
@@ -132,7 +132,8 @@ prepare_plans(void)
 		"SELECT g.group_key, g.next_attempt_at FROM sor.command_group g"
 		" WHERE g.parked_at IS NULL AND g.next_attempt_at <= pg_catalog.clock_timestamp()"
 		" AND (g.next_attempt_at, g.group_key) > ($2, $3)"
-		" AND EXISTS (SELECT FROM sor.command c WHERE c.group_key = g.group_key)"
+		" AND EXISTS (SELECT FROM sor.command c WHERE c.group_key = g.group_key"
+		" AND c.id > g.done_through)"
 		" ORDER BY g.next_attempt_at, g.group_key LIMIT $1",
 		3, ready, true);
 	/* the next group in backoff that comes due */
@@ -140,12 +141,16 @@ prepare_plans(void)
 		"SELECT pg_catalog.min(next_attempt_at) FROM sor.command_group"
 		" WHERE parked_at IS NULL AND next_attempt_at > pg_catalog.clock_timestamp()",
 		0, NULL, true);
-	/* read after the group's lock is taken: is it still ready? */
+	/*
+	 * Read after the group's lock is taken: is it still ready, and which
+	 * commands has it above done_through (none, if it is not ready)?
+	 */
 	plan_commands = prepare(
 		"SELECT id, handler, payload, enqueued_by::oid FROM sor.command"
 		" WHERE group_key = $1"
-		" AND EXISTS (SELECT FROM sor.command_group g WHERE g.group_key = $1"
-		" AND g.parked_at IS NULL AND g.next_attempt_at <= pg_catalog.clock_timestamp())"
+		" AND id > (SELECT g.done_through FROM sor.command_group g"
+		" WHERE g.group_key = $1 AND g.parked_at IS NULL"
+		" AND g.next_attempt_at <= pg_catalog.clock_timestamp())"
 		" ORDER BY id LIMIT $2",
 		2, text_int, true);
 	plan_done = prepare(
@@ -157,9 +162,10 @@ prepare_plans(void)
 		" WHERE id = $1 RETURNING attempts",
 		2, int8_text, false);
 	plan_group_after = prepare(
-		"UPDATE sor.command_group SET next_attempt_at = $2, parked_at = $3"
+		"UPDATE sor.command_group SET next_attempt_at = $2, parked_at = $3,"
+		" done_through = GREATEST(done_through, $4)"
 		" WHERE group_key = $1",
-		3, group_after, false);
+		4, group_after, false);
 	plan_forget = prepare(
 		"SELECT sor.forget_empty_groups($1)",
 		1, &text_int[1], false);
@@ -540,8 +546,8 @@ backoff_ms(int attempts)
 static int
 run_group(const char *group_key, int limit, Oid invoker, bool *failed_out)
 {
-	Datum		args[3];
-	char		nulls[3] = {' ', ' ', ' '};
+	Datum		args[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
 	Command    *commands;
 	uint64		n;
 	int			done = 0;
@@ -627,6 +633,7 @@ run_group(const char *group_key, int limit, Oid invoker, bool *failed_out)
 	args[1] = TimestampTzGetDatum(failed ? TimestampTzPlusMilliseconds(now, delay) : now);
 	args[2] = TimestampTzGetDatum(now);
 	nulls[2] = parked ? ' ' : 'n';
+	args[3] = Int64GetDatum(done > 0 ? commands[done - 1].id : 0);
 	if (SPI_execute_plan(plan_group_after, args, nulls, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not update command group \"%s\"", group_key);
 	return done;
