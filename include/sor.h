@@ -41,6 +41,14 @@
 #define SOR_LOCK_ESCALATION_THRESHOLD 16
 
 /* Cached facts about one domain. */
+/* Whether the ownership cache holds every entry of a domain. */
+typedef enum SorEntriesCached
+{
+	SOR_ENTRIES_NOT_YET = 0,	/* not tried since the domain was loaded */
+	SOR_ENTRIES_ALL,			/* all of them: a key not cached has none */
+	SOR_ENTRIES_SOME			/* too many to load at once */
+} SorEntriesCached;
+
 typedef struct SorDomain
 {
 	char		name[256];		/* hash key */
@@ -52,6 +60,7 @@ typedef struct SorDomain
 	char		default_site[NAMEDATALEN];
 	int64		default_epoch;
 	bool		has_entries;	/* some key has an ownership entry */
+	SorEntriesCached entries_cached;	/* see sor_lookup_owner() */
 } SorDomain;
 
 /* Cached facts about one table that is registered or a partition of one. */

@@ -177,3 +177,36 @@ SELECT count(*) AS scratch_rows FROM scratch;
 SELECT sor.unregister_table('scratch');
 DROP TABLE scratch;
 SELECT pg_replication_origin_drop('sor_london');
+
+-- A domain whose default owner is this site, with ownership entries for
+-- some keys.  One with few entries is read whole into the cache at its
+-- first lookup, so a key the cache lacks has no entry; one with many is
+-- looked up key by key.  Both answer alike, also after the entries change.
+CREATE TABLE wallet (id integer PRIMARY KEY, note text);
+CREATE TABLE ledger (id integer PRIMARY KEY, note text);
+SELECT sor.register_table('wallet', 'id', 'wallet', default_site => 'paris');
+SELECT sor.register_table('ledger', 'id', 'ledger', default_site => 'paris');
+INSERT INTO sor.owner_entry (domain, key, site, epoch)
+SELECT 'wallet', i::text, 'london', 1 FROM generate_series(1, 10) i;
+INSERT INTO sor.owner_entry (domain, key, site, epoch)
+SELECT 'ledger', i::text, 'london', 1 FROM generate_series(1, 2000) i;
+-- the first lookup is of a key without an entry, the next of one with
+INSERT INTO wallet VALUES (5000, 'paris''s by default');
+INSERT INTO wallet VALUES (3, 'london''s');
+INSERT INTO ledger VALUES (5000, 'paris''s by default');
+INSERT INTO ledger VALUES (1500, 'london''s');
+INSERT INTO ledger VALUES (2, 'london''s');
+-- entries added and removed later are seen
+INSERT INTO sor.owner_entry (domain, key, site, epoch)
+VALUES ('wallet', '5001', 'london', 1), ('ledger', '5001', 'london', 1);
+DELETE FROM sor.owner_entry WHERE key = '3' AND domain IN ('wallet', 'ledger');
+INSERT INTO wallet VALUES (5001, 'london''s');
+INSERT INTO ledger VALUES (5001, 'london''s');
+INSERT INTO wallet VALUES (3, 'paris''s by default now');
+INSERT INTO ledger VALUES (3, 'paris''s by default now');
+SELECT 'wallet' AS tbl, * FROM wallet UNION ALL SELECT 'ledger', * FROM ledger
+ ORDER BY 1, 2;
+SELECT sor.unregister_table('wallet'), sor.unregister_table('ledger');
+DROP TABLE wallet, ledger;
+DELETE FROM sor.owner_entry WHERE domain IN ('wallet', 'ledger');
+DELETE FROM sor.domain WHERE name IN ('wallet', 'ledger');

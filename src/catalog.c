@@ -62,6 +62,14 @@
  */
 #define SOR_OWNER_CACHE_MAX			262144
 
+/*
+ * A domain with at most this many ownership entries is read whole into the
+ * ownership cache at its first miss, so that keys without an entry of their
+ * own (those of the default owner) need no index probe each.  Small enough
+ * that reading it again after every invalidation costs about a millisecond.
+ */
+#define SOR_DOMAIN_PRELOAD_MAX		1024
+
 /* OIDs of the catalog tables the caches read; valid while catalog_known. */
 typedef struct SorCatalog
 {
@@ -576,85 +584,81 @@ sor_missing_acks(const char *domain, const char *key)
 	return result;
 }
 
-/*
- * Who owns (domain, key): its ownership entry, else the domain's default
- * owner, else nobody.  key must be in canonical form, record_hash its
- * sor_record_hash(); both may be left out (NULL, 0) for a domain without
- * entries (!has_entries).
- */
-void
-sor_lookup_owner(SorDomain *domain, const char *key, uint64 record_hash,
-				 SorOwnership *result)
+/* The ownership that an owner_entry row gives, in result. */
+static void
+ownership_of_entry(SorDomain *domain, const char *key, HeapTuple tuple,
+				   TupleDesc tupdesc, SorOwnership *result)
 {
-	size_t		dlen;
-	Size		len;
-	char	   *stored_key;
-	OwnerCacheEntry *entry;
-	bool		found;
-	ScanKeyData keys[2];
-	Relation	rel;
-	HeapTuple	tuple;
-
-	load_catalog();
-
-	/* a domain without entries: no lookup, nothing to cache */
-	if (!domain->has_entries)
-	{
-		memset(result, 0, sizeof(SorOwnership));
-		result->owned = domain->has_default;
-		if (domain->has_default)
-		{
-			strlcpy(result->site, domain->default_site, NAMEDATALEN);
-			result->epoch = domain->default_epoch;
-		}
-		return;
-	}
-
-	dlen = strlen(domain->name);
-	len = dlen + 1 + strlen(key);
-	entry = hash_search(owner_cache, &record_hash, HASH_FIND, NULL);
-	if (entry && entry->len == len &&
-		strcmp(entry->domain_key, domain->name) == 0 &&
-		strcmp(entry->domain_key + dlen + 1, key) == 0)
-	{
-		*result = entry->ownership;
-		return;
-	}
+	bool		isnull;
 
 	memset(result, 0, sizeof(SorOwnership));
-	ScanKeyInit(&keys[0], Anum_owner_entry_domain, BTEqualStrategyNumber,
-				F_TEXTEQ, CStringGetTextDatum(domain->name));
-	ScanKeyInit(&keys[1], Anum_owner_entry_key, BTEqualStrategyNumber,
-				F_TEXTEQ, CStringGetTextDatum(key));
-	tuple = fetch_catalog_row(catalog.owner_entry, catalog.owner_entry_pkey,
-							  2, keys, &rel);
-	if (HeapTupleIsValid(tuple))
-	{
-		bool		isnull;
+	result->owned = true;
+	text_to_cstring_buffer(DatumGetTextPP(heap_getattr(tuple, Anum_owner_entry_site,
+													   tupdesc, &isnull)),
+						   result->site, NAMEDATALEN);
+	result->epoch = DatumGetInt64(heap_getattr(tuple, Anum_owner_entry_epoch,
+											   tupdesc, &isnull));
+	result->acks_missing =
+		DatumGetBool(heap_getattr(tuple, Anum_owner_entry_awaiting_acks,
+								  tupdesc, &isnull)) &&
+		sor_missing_acks(domain->name, key) != NULL;
+}
 
-		result->owned = true;
-		text_to_cstring_buffer(DatumGetTextPP(heap_getattr(tuple, Anum_owner_entry_site,
-														   RelationGetDescr(rel),
-														   &isnull)),
-							   result->site, NAMEDATALEN);
-		result->epoch = DatumGetInt64(heap_getattr(tuple, Anum_owner_entry_epoch,
-												   RelationGetDescr(rel), &isnull));
-		result->acks_missing =
-			DatumGetBool(heap_getattr(tuple, Anum_owner_entry_awaiting_acks,
-									  RelationGetDescr(rel), &isnull)) &&
-			sor_missing_acks(domain->name, key) != NULL;
-	}
-	else if (domain->has_default)
+/* The ownership of a key of domain that has no entry of its own. */
+static void
+default_ownership(SorDomain *domain, SorOwnership *result)
+{
+	memset(result, 0, sizeof(SorOwnership));
+	result->owned = domain->has_default;
+	if (domain->has_default)
 	{
-		result->owned = true;
 		strlcpy(result->site, domain->default_site, NAMEDATALEN);
 		result->epoch = domain->default_epoch;
 	}
-	table_close(rel, AccessShareLock);
+}
+
+/*
+ * The ownership cache is about to lose entries of a domain (domain_name
+ * NULL: of every domain): it no longer holds them all, and a preload in
+ * progress must not claim it does.  Tried again at the next miss.
+ */
+static void
+forget_entries_cached(const char *domain_name)
+{
+	HASH_SEQ_STATUS status;
+	SorDomain  *domain;
+
+	if (domain_name != NULL)
+	{
+		char		hashkey[sizeof(((SorDomain *) NULL)->name)];
+
+		memset(hashkey, 0, sizeof(hashkey));
+		strlcpy(hashkey, domain_name, sizeof(hashkey));
+		domain = hash_search(domain_cache, hashkey, HASH_FIND, NULL);
+		if (domain != NULL)
+			domain->entries_cached = SOR_ENTRIES_NOT_YET;
+		return;
+	}
+	hash_seq_init(&status, domain_cache);
+	while ((domain = hash_seq_search(&status)) != NULL)
+		domain->entries_cached = SOR_ENTRIES_NOT_YET;
+}
+
+/* Put the ownership of (domain, key) into the ownership cache. */
+static void
+cache_ownership(SorDomain *domain, const char *key, uint64 record_hash,
+				const SorOwnership *ownership)
+{
+	size_t		dlen = strlen(domain->name);
+	Size		len = dlen + 1 + strlen(key);
+	char	   *stored_key;
+	OwnerCacheEntry *entry;
+	bool		found;
 
 	/* Keep the cache bounded: start over when it is full. */
 	if (hash_get_num_entries(owner_cache) >= SOR_OWNER_CACHE_MAX)
 	{
+		forget_entries_cached(NULL);
 		MemoryContextReset(owner_context);
 		create_owner_cache();
 	}
@@ -664,10 +668,124 @@ sor_lookup_owner(SorDomain *domain, const char *key, uint64 record_hash,
 	strcpy(stored_key + dlen + 1, key);
 	entry = hash_search(owner_cache, &record_hash, HASH_ENTER, &found);
 	if (found)
+	{
+		/* another record with the same hash: its domain loses it */
+		forget_entries_cached(entry->domain_key);
 		pfree(entry->domain_key);
+	}
 	entry->domain_key = stored_key;
 	entry->len = len;
-	entry->ownership = *result;
+	entry->ownership = *ownership;
+}
+
+/*
+ * Read every ownership entry of domain into the ownership cache, if it has
+ * at most SOR_DOMAIN_PRELOAD_MAX; sets domain->entries_cached.
+ */
+static void
+preload_entries(SorDomain *domain)
+{
+	ScanKeyData scankey;
+	Relation	rel;
+	Snapshot	snapshot;
+	SysScanDesc scan;
+	HeapTuple	tuple;
+	int			n = 0;
+
+	domain->entries_cached = SOR_ENTRIES_SOME;
+	ScanKeyInit(&scankey, Anum_owner_entry_domain, BTEqualStrategyNumber,
+				F_TEXTEQ, CStringGetTextDatum(domain->name));
+	rel = table_open(catalog.owner_entry, AccessShareLock);
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	scan = systable_beginscan(rel, catalog.owner_entry_pkey, true, snapshot,
+							  1, &scankey);
+	while ((tuple = systable_getnext(scan)) != NULL)
+	{
+		bool		isnull;
+		char	   *key;
+		SorOwnership ownership;
+
+		if (++n > SOR_DOMAIN_PRELOAD_MAX)
+			break;
+		key = TextDatumGetCString(heap_getattr(tuple, Anum_owner_entry_key,
+											   RelationGetDescr(rel), &isnull));
+		ownership_of_entry(domain, key, tuple, RelationGetDescr(rel), &ownership);
+		cache_ownership(domain, key, sor_record_hash(domain->name, key),
+						&ownership);
+		pfree(key);
+	}
+	systable_endscan(scan);
+	UnregisterSnapshot(snapshot);
+	table_close(rel, AccessShareLock);
+
+	/* unless the cache lost some of them meanwhile (then it is NOT_YET) */
+	if (n <= SOR_DOMAIN_PRELOAD_MAX && domain->entries_cached == SOR_ENTRIES_SOME)
+		domain->entries_cached = SOR_ENTRIES_ALL;
+}
+
+/*
+ * Who owns (domain, key): its ownership entry, else the domain's default
+ * owner, else nobody.  key must be in canonical form, record_hash its
+ * sor_record_hash(); both may be left out (NULL, 0) for a domain without
+ * entries (!has_entries).
+ *
+ * A domain with few entries is read whole at its first miss; after that a
+ * key that is not in the cache has no entry, and its answer needs no index
+ * probe.  In other domains a miss probes the index and caches the answer.
+ */
+void
+sor_lookup_owner(SorDomain *domain, const char *key, uint64 record_hash,
+				 SorOwnership *result)
+{
+	size_t		dlen;
+	OwnerCacheEntry *entry;
+	ScanKeyData keys[2];
+	Relation	rel;
+	HeapTuple	tuple;
+
+	load_catalog();
+
+	/* a domain without entries: no lookup, nothing to cache */
+	if (!domain->has_entries)
+	{
+		default_ownership(domain, result);
+		return;
+	}
+
+	dlen = strlen(domain->name);
+	for (bool preloaded = false;; preloaded = true)
+	{
+		entry = hash_search(owner_cache, &record_hash, HASH_FIND, NULL);
+		if (entry && entry->len == dlen + 1 + strlen(key) &&
+			strcmp(entry->domain_key, domain->name) == 0 &&
+			strcmp(entry->domain_key + dlen + 1, key) == 0)
+		{
+			*result = entry->ownership;
+			return;
+		}
+		if (domain->entries_cached == SOR_ENTRIES_ALL)
+		{
+			default_ownership(domain, result);
+			return;
+		}
+		if (domain->entries_cached != SOR_ENTRIES_NOT_YET || preloaded)
+			break;
+		preload_entries(domain);
+	}
+
+	ScanKeyInit(&keys[0], Anum_owner_entry_domain, BTEqualStrategyNumber,
+				F_TEXTEQ, CStringGetTextDatum(domain->name));
+	ScanKeyInit(&keys[1], Anum_owner_entry_key, BTEqualStrategyNumber,
+				F_TEXTEQ, CStringGetTextDatum(key));
+	tuple = fetch_catalog_row(catalog.owner_entry, catalog.owner_entry_pkey,
+							  2, keys, &rel);
+	if (HeapTupleIsValid(tuple))
+		ownership_of_entry(domain, key, tuple, RelationGetDescr(rel), result);
+	else
+		default_ownership(domain, result);
+	table_close(rel, AccessShareLock);
+
+	cache_ownership(domain, key, record_hash, result);
 }
 
 /*
