@@ -17,13 +17,15 @@ set output dir."/enforce_row.png"
 set title "Enforcement: single-row writes (pgbench, 2 clients, median TPS)"
 set ylabel "transactions/s"
 plot dir."/enforce_row.dat" using 2:xtic(1) title "unregistered", \
-     "" using 3 title "sor", "" using 4 title "PL/pgSQL trigger", "" using 5 title "RLS"
+     "" using 3 title "sor", "" using 4 title "PL/pgSQL trigger", "" using 5 title "RLS", \
+     "" using 6 title "no-op C trigger"
 
 set output dir."/enforce_bulk.png"
 set title "Enforcement: bulk INSERT ... SELECT and COPY (median rows/s; no COPY under RLS)"
 set ylabel "rows/s"
 plot dir."/enforce_bulk.dat" using 2:xtic(1) title "unregistered", \
-     "" using 3 title "sor", "" using 4 title "PL/pgSQL trigger", "" using 5 title "RLS"
+     "" using 3 title "sor", "" using 4 title "PL/pgSQL trigger", "" using 5 title "RLS", \
+     "" using 6 title "no-op C trigger"
 
 set output dir."/drain.png"
 set title "Queue: drain of a full queue, 2 workers vs 2 plain-SQL consumers (median)"

@@ -7,6 +7,9 @@
 --            sor.owner_of() and compares with sor.local_site()
 --   rls      row-level security: a WITH CHECK policy on an owner column
 --            compared with a setting
+--   noop     a C BEFORE ROW trigger that does nothing (bench/noop): what
+--            any row trigger costs before its function does any work, the
+--            floor of sor's design
 -- pgbench runs as the role bench, which owns nothing (so RLS applies to it).
 
 CREATE EXTENSION sor;
@@ -16,6 +19,10 @@ SELECT sor.set_local_site('a');
 CREATE ROLE bench LOGIN;
 GRANT pg_read_server_files TO bench;            -- COPY FROM a file
 ALTER ROLE bench SET bench.site = 'a';          -- the site, for the RLS design
+
+-- The floor: a C row trigger that does nothing (bench/noop/noop_trigger.c).
+CREATE FUNCTION public.noop_trigger() RETURNS trigger
+    LANGUAGE c AS 'noop_trigger', 'noop_trigger';
 
 -- What a user would write without sor: one owner lookup per key.
 CREATE FUNCTION public.by_hand_guard() RETURNS trigger
@@ -57,6 +64,10 @@ BEGIN
         EXECUTE format('CREATE TRIGGER by_hand_guard BEFORE INSERT OR UPDATE OR DELETE'
                        ' ON %s FOR EACH ROW EXECUTE FUNCTION public.by_hand_guard(%L)',
                        tbl, dom);
+    WHEN 'noop' THEN
+        EXECUTE format('CREATE TRIGGER noop BEFORE INSERT OR UPDATE OR DELETE'
+                       ' ON %s FOR EACH ROW EXECUTE FUNCTION public.noop_trigger()',
+                       tbl);
     WHEN 'rls' THEN
         EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', tbl);
         EXECUTE format('CREATE POLICY reader ON %s FOR SELECT USING (true)', tbl);
@@ -99,7 +110,7 @@ DECLARE
     variant text;
     s text;
 BEGIN
-    FOREACH variant IN ARRAY ARRAY['plain', 'sor', 'plpgsql', 'rls'] LOOP
+    FOREACH variant IN ARRAY ARRAY['plain', 'sor', 'plpgsql', 'rls', 'noop'] LOOP
         s := scen || '_' || variant;
         EXECUTE format('CREATE SCHEMA %I', s);
         EXECUTE format('GRANT USAGE ON SCHEMA %I TO bench', s);
