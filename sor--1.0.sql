@@ -1178,7 +1178,10 @@ CREATE TABLE @extschema@.command_group (
     parked_at       timestamptz,
     done_through    bigint NOT NULL DEFAULT 0
 );
-CREATE INDEX command_group_ready ON @extschema@.command_group (next_attempt_at)
+-- Consumers read the ready groups in pages, in (next_attempt_at, group_key)
+-- order: groups made by one transaction share its now().
+CREATE INDEX command_group_ready
+    ON @extschema@.command_group (next_attempt_at, group_key)
     WHERE parked_at IS NULL;
 
 -- Commands taken out of the queue by sor.skip().

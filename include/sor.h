@@ -151,6 +151,6 @@ extern void sor_slot_unlock(void);
 /* queue.c */
 extern int	sor_run_commands(int max_commands, int max_groups, Oid invoker,
 							 SorWorkerSlot *slot, long *next_due_ms);
-extern void sor_forget_empty_groups(void);
+extern bool sor_forget_empty_groups(void);
 
 #endif							/* SOR_H */

@@ -759,19 +759,25 @@ sor_run_commands(int max_commands, int max_groups, Oid invoker,
 }
 
 /*
- * Delete the rows of groups left without commands (sor.forget_empty_groups),
- * in the current transaction.  It holds their row locks until it ends, which
- * makes a producer of such a group wait: call it only in a short one.
+ * Delete the rows of up to SOR_FORGET_GROUPS groups left without commands
+ * (sor.forget_empty_groups), in the current transaction.  It holds their
+ * row locks until it ends, which makes a producer of such a group wait:
+ * call it only in a short one.  Returns true when it may have left some.
  */
-void
+bool
 sor_forget_empty_groups(void)
 {
 	Datum		max = Int32GetDatum(SOR_FORGET_GROUPS);
+	bool		isnull;
+	int32		forgotten;
 
 	prepare_plans();
 	if (SPI_execute_plan(plan_forget, &max, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not forget empty command groups");
+	forgotten = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
+											SPI_tuptable->tupdesc, 1, &isnull));
 	SPI_freetuptable(SPI_tuptable);
+	return forgotten >= SOR_FORGET_GROUPS;
 }
 
 /*
@@ -811,7 +817,7 @@ sor_drain_impl(PG_FUNCTION_ARGS)
 	ran = sor_run_commands(max_commands, PG_INT32_MAX, invoker, NULL, NULL);
 	/* a statement of its own ends at once: its locks will not linger */
 	if (!IsTransactionBlock())
-		sor_forget_empty_groups();
+		(void) sor_forget_empty_groups();
 	SPI_finish();
 
 	PG_RETURN_INT32(ran);

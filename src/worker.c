@@ -45,14 +45,16 @@ leave_slot(int code, Datum arg)
 /*
  * One pass: run what is ready, up to sor.batch_size commands of as many
  * groups as it takes, in one transaction (one commit for many small
- * groups).  Returns how many commands ran; sets *next_due_ms as
- * sor_run_commands does, and *gone when the extension is not installed in
- * this database.
+ * groups); when nothing was ready, forget empty groups instead.  Returns
+ * whether to go on at once: commands ran, or empty groups may be left.
+ * Sets *next_due_ms as sor_run_commands does, and *gone when the extension
+ * is not installed in this database.
  */
-static int
+static bool
 run_pass(long *next_due_ms, bool *gone)
 {
 	int			ran = 0;
+	bool		more = false;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -65,15 +67,14 @@ run_pass(long *next_due_ms, bool *gone)
 		pgstat_report_activity(STATE_RUNNING, "sor: running commands");
 		ran = sor_run_commands(sor_batch_size, sor_batch_size, InvalidOid,
 							   my_slot, next_due_ms);
-		if (ran == 0)
-			sor_forget_empty_groups();
+		more = ran > 0 || sor_forget_empty_groups();
 		PopActiveSnapshot();
 		SPI_finish();
 	}
 	CommitTransactionCommand();
 	pgstat_report_stat(false);
 	pgstat_report_activity(STATE_IDLE, NULL);
-	return ran;
+	return more;
 }
 
 PGDLLEXPORT void sor_worker_main(Datum main_arg);
@@ -130,7 +131,7 @@ sor_worker_main(Datum main_arg)
 
 		/* clear the latch first: a wake-up during the pass is not lost */
 		ResetLatch(MyLatch);
-		if (run_pass(&next_due_ms, &gone) > 0)
+		if (run_pass(&next_due_ms, &gone))
 			continue;
 		if (gone)
 		{
