@@ -1200,6 +1200,10 @@ CREATE TABLE @extschema@.skipped_command (
 
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.command', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.command_group', '');
+-- and where command ids go on: a restore must not draw ids at or below a
+-- group's done_through again
+SELECT pg_catalog.pg_extension_config_dump(
+    pg_catalog.pg_get_serial_sequence('@extschema@.command', 'id')::regclass, '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.skipped_command', '');
 
 -- Work waiting, per group.

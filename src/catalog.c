@@ -670,7 +670,8 @@ cache_ownership(SorDomain *domain, const char *key, uint64 record_hash,
 	if (found)
 	{
 		/* another record with the same hash: its domain loses it */
-		forget_entries_cached(entry->domain_key);
+		if (entry->len != len || memcmp(entry->domain_key, stored_key, len) != 0)
+			forget_entries_cached(entry->domain_key);
 		pfree(entry->domain_key);
 	}
 	entry->domain_key = stored_key;

@@ -26,6 +26,12 @@ $node->safe_psql('origin', q{
 	INSERT INTO customer VALUES (1, 'one'), (2, 'two');
 	INSERT INTO visit VALUES (2, '2026-05-01');
 	SELECT sor.transfer('customer', '2', 'london');
+	CREATE TABLE handled (n int);
+	CREATE FUNCTION handle(p jsonb) RETURNS void LANGUAGE sql
+		AS $$ INSERT INTO handled VALUES ((p->>'n')::int) $$;
+	SELECT sor.enqueue('g', 'handle(jsonb)', '{"n": 1}');
+	SELECT sor.enqueue('g', 'handle(jsonb)', '{"n": 2}');
+	SELECT sor.drain(1);
 });
 
 my $dump = $node->basedir . '/origin.sql';
@@ -73,6 +79,14 @@ is($node->safe_psql('restored', 'SELECT name FROM customer WHERE id = 1'),
 
 ($ret, $out, $err) = $node->psql('restored', 'TRUNCATE customer CASCADE');
 like($err, qr/cannot truncate registered table/, 'TRUNCATE refused after restore');
+
+# the queue goes on where it was: a command enqueued after the restore
+# runs after the one that was waiting (command ids do not start over)
+$node->safe_psql('restored', q{SELECT sor.enqueue('g', 'handle(jsonb)', '{"n": 3}')});
+is($node->safe_psql('restored', 'SELECT sor.drain()'), '2',
+	'after restore, the waiting and the new command run');
+is($node->safe_psql('restored', q{SELECT string_agg(n::text, ',' ORDER BY n) FROM handled}),
+	'1,2,3', 'in order, each once');
 
 $node->stop;
 done_testing();
