@@ -122,25 +122,28 @@ prepare_plans(void)
 	Oid			text_int[2] = {TEXTOID, INT4OID};
 	Oid			int8_text[2] = {INT8OID, TEXTOID};
 	Oid			group_after[4] = {TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT8OID};
-	Oid			ready[3] = {INT4OID, TIMESTAMPTZOID, TEXTOID};
+	Oid			ready[4] = {INT4OID, TIMESTAMPTZOID, TEXTOID, TIMESTAMPTZOID};
 
 	if (plan_ready_groups != NULL)
 		return;
 
-	/* ready groups with commands, in pages after ($2, $3) */
+	/*
+	 * Ready groups with commands, in pages after ($2, $3), due by $4 (the
+	 * time now, a parameter so that it bounds the index scan).
+	 */
 	plan_ready_groups = prepare(
 		"SELECT g.group_key, g.next_attempt_at FROM sor.command_group g"
-		" WHERE g.parked_at IS NULL AND g.next_attempt_at <= pg_catalog.clock_timestamp()"
+		" WHERE g.parked_at IS NULL AND g.next_attempt_at <= $4"
 		" AND (g.next_attempt_at, g.group_key) > ($2, $3)"
 		" AND EXISTS (SELECT FROM sor.command c WHERE c.group_key = g.group_key"
 		" AND c.id > g.done_through)"
 		" ORDER BY g.next_attempt_at, g.group_key LIMIT $1",
-		3, ready, true);
-	/* the next group in backoff that comes due */
+		4, ready, true);
+	/* the next group in backoff that comes due after $1 (now) */
 	plan_next_due = prepare(
 		"SELECT pg_catalog.min(next_attempt_at) FROM sor.command_group"
-		" WHERE parked_at IS NULL AND next_attempt_at > pg_catalog.clock_timestamp()",
-		0, NULL, true);
+		" WHERE parked_at IS NULL AND next_attempt_at > $1",
+		1, &ready[3], true);
 	/*
 	 * Read after the group's lock is taken: is it still ready, and which
 	 * commands has it above done_through (none, if it is not ready)?
@@ -674,7 +677,7 @@ sor_run_commands(int max_commands, int max_groups, Oid invoker,
 
 	while (progress && ran < max_commands && groups < max_groups)
 	{
-		Datum		args[3];
+		Datum		args[4];
 		bool		more = true;
 
 		progress = false;
@@ -686,6 +689,7 @@ sor_run_commands(int max_commands, int max_groups, Oid invoker,
 			uint64		n;
 
 			args[0] = Int32GetDatum(SOR_CANDIDATE_GROUPS);
+			args[3] = TimestampTzGetDatum(GetCurrentTimestamp());
 			if (SPI_execute_plan(plan_ready_groups, args, NULL, false, 0) != SPI_OK_SELECT)
 				elog(ERROR, "could not read the command groups");
 			n = SPI_processed;
@@ -741,9 +745,10 @@ sor_run_commands(int max_commands, int max_groups, Oid invoker,
 	{
 		bool		isnull;
 		Datum		due;
+		Datum		now = TimestampTzGetDatum(GetCurrentTimestamp());
 
 		*next_due_ms = -1;
-		if (SPI_execute_plan(plan_next_due, NULL, NULL, false, 1) != SPI_OK_SELECT)
+		if (SPI_execute_plan(plan_next_due, &now, NULL, false, 1) != SPI_OK_SELECT)
 			elog(ERROR, "could not read the command groups");
 		due = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 		if (!isnull)
