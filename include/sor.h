@@ -40,7 +40,6 @@
  */
 #define SOR_LOCK_ESCALATION_THRESHOLD 16
 
-/* Cached facts about one domain. */
 /* Whether the ownership cache holds every entry of a domain. */
 typedef enum SorEntriesCached
 {
@@ -49,6 +48,7 @@ typedef enum SorEntriesCached
 	SOR_ENTRIES_SOME			/* too many to load at once */
 } SorEntriesCached;
 
+/* Cached facts about one domain. */
 typedef struct SorDomain
 {
 	char		name[256];		/* hash key */

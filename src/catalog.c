@@ -724,6 +724,23 @@ preload_entries(SorDomain *domain)
 		domain->entries_cached = SOR_ENTRIES_ALL;
 }
 
+/* The cached ownership of (domain, key) into result; false if not cached. */
+static bool
+cached_ownership(SorDomain *domain, const char *key, uint64 record_hash,
+				 SorOwnership *result)
+{
+	size_t		dlen = strlen(domain->name);
+	OwnerCacheEntry *entry;
+
+	entry = hash_search(owner_cache, &record_hash, HASH_FIND, NULL);
+	if (entry == NULL || entry->len != dlen + 1 + strlen(key) ||
+		strcmp(entry->domain_key, domain->name) != 0 ||
+		strcmp(entry->domain_key + dlen + 1, key) != 0)
+		return false;
+	*result = entry->ownership;
+	return true;
+}
+
 /*
  * Who owns (domain, key): its ownership entry, else the domain's default
  * owner, else nobody.  key must be in canonical form, record_hash its
@@ -738,8 +755,6 @@ void
 sor_lookup_owner(SorDomain *domain, const char *key, uint64 record_hash,
 				 SorOwnership *result)
 {
-	size_t		dlen;
-	OwnerCacheEntry *entry;
 	ScanKeyData keys[2];
 	Relation	rel;
 	HeapTuple	tuple;
@@ -753,25 +768,18 @@ sor_lookup_owner(SorDomain *domain, const char *key, uint64 record_hash,
 		return;
 	}
 
-	dlen = strlen(domain->name);
-	for (bool preloaded = false;; preloaded = true)
+	if (cached_ownership(domain, key, record_hash, result))
+		return;
+	if (domain->entries_cached == SOR_ENTRIES_NOT_YET)
 	{
-		entry = hash_search(owner_cache, &record_hash, HASH_FIND, NULL);
-		if (entry && entry->len == dlen + 1 + strlen(key) &&
-			strcmp(entry->domain_key, domain->name) == 0 &&
-			strcmp(entry->domain_key + dlen + 1, key) == 0)
-		{
-			*result = entry->ownership;
-			return;
-		}
-		if (domain->entries_cached == SOR_ENTRIES_ALL)
-		{
-			default_ownership(domain, result);
-			return;
-		}
-		if (domain->entries_cached != SOR_ENTRIES_NOT_YET || preloaded)
-			break;
 		preload_entries(domain);
+		if (cached_ownership(domain, key, record_hash, result))
+			return;
+	}
+	if (domain->entries_cached == SOR_ENTRIES_ALL)
+	{
+		default_ownership(domain, result);
+		return;
 	}
 
 	ScanKeyInit(&keys[0], Anum_owner_entry_domain, BTEqualStrategyNumber,
