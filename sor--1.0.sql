@@ -60,6 +60,9 @@ CREATE TABLE @extschema@.owner_entry (
     awaiting_acks boolean NOT NULL DEFAULT false,
     PRIMARY KEY (domain, key)
 );
+-- The enforcement trigger's probe for one key: hashing the key costs less
+-- than comparing (domain, key) down the primary key's tree.
+CREATE INDEX owner_entry_key_hash ON @extschema@.owner_entry USING hash (key);
 
 -- Every change of owner, append-only.  key is NULL for a change of a
 -- domain's default owner.  Rows are numbered per recording site, so that

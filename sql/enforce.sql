@@ -190,12 +190,17 @@ INSERT INTO sor.owner_entry (domain, key, site, epoch)
 SELECT 'wallet', i::text, 'london', 1 FROM generate_series(1, 10) i;
 INSERT INTO sor.owner_entry (domain, key, site, epoch)
 SELECT 'ledger', i::text, 'london', 1 FROM generate_series(1, 2000) i;
+-- an entry of one domain says nothing of the same key in another
+INSERT INTO sor.owner_entry (domain, key, site, epoch)
+VALUES ('wallet', '4000', 'london', 1);
 -- the first lookup is of a key without an entry, the next of one with
 INSERT INTO wallet VALUES (5000, 'paris''s by default');
 INSERT INTO wallet VALUES (3, 'london''s');
 INSERT INTO ledger VALUES (5000, 'paris''s by default');
 INSERT INTO ledger VALUES (1500, 'london''s');
 INSERT INTO ledger VALUES (2, 'london''s');
+INSERT INTO ledger VALUES (4000, 'paris''s by default');
+INSERT INTO wallet VALUES (4000, 'london''s');
 -- entries added and removed later are seen
 INSERT INTO sor.owner_entry (domain, key, site, epoch)
 VALUES ('wallet', '5001', 'london', 1), ('ledger', '5001', 'london', 1);

@@ -24,11 +24,15 @@
 
 #include "access/genam.h"
 #include "access/htup_details.h"
+#include "access/relscan.h"
+#include "access/stratnum.h"
 #include "access/table.h"
+#include "access/tableam.h"
 #include "catalog/namespace.h"
 #include "catalog/partition.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
@@ -80,6 +84,7 @@ typedef struct SorCatalog
 	Oid			registered_table_pkey;
 	Oid			owner_entry;
 	Oid			owner_entry_pkey;
+	Oid			owner_entry_key_hash;	/* hash index on key alone */
 	Oid			handoff_ack;
 	Oid			site;
 	Oid			write_fence;
@@ -259,6 +264,7 @@ load_catalog(void)
 	catalog.domain_pkey = primary_key_of(catalog.domain);
 	catalog.registered_table_pkey = primary_key_of(catalog.registered_table);
 	catalog.owner_entry_pkey = primary_key_of(catalog.owner_entry);
+	catalog.owner_entry_key_hash = catalog_relid(nspid, "owner_entry_key_hash");
 
 	if (cache_context == NULL)
 		cache_context = AllocSetContextCreate(CacheMemoryContext,
@@ -724,6 +730,71 @@ preload_entries(SorDomain *domain)
 		domain->entries_cached = SOR_ENTRIES_ALL;
 }
 
+/* Whether text column attnum of tuple (of rel) is value. */
+static bool
+text_column_is(HeapTuple tuple, Relation rel, int attnum, const char *value)
+{
+	bool		isnull;
+	text	   *column = DatumGetTextPP(heap_getattr(tuple, attnum,
+													RelationGetDescr(rel),
+													&isnull));
+	size_t		len = strlen(value);
+
+	return !isnull && VARSIZE_ANY_EXHDR(column) == len &&
+		memcmp(VARDATA_ANY(column), value, len) == 0;
+}
+
+/*
+ * Look the ownership entry of (domain, key) up in the catalog, under the
+ * latest snapshot, through the hash index on key: the ownership it gives,
+ * else the domain's default.  A hash index is lossy (it keeps only the
+ * hash), and keys repeat across domains, so each tuple it finds is checked
+ * for both; systable_getnext() cannot recheck, so the scan is a plain index
+ * scan.
+ */
+static void
+probe_owner_entry(SorDomain *domain, const char *key, SorOwnership *result)
+{
+	ScanKeyData scankey;
+	Relation	rel;
+	Relation	index;
+	Snapshot	snapshot;
+	IndexScanDesc scan;
+	TupleTableSlot *slot;
+	text	   *key_datum = cstring_to_text(key);
+	bool		found = false;
+
+	ScanKeyInit(&scankey, 1, HTEqualStrategyNumber, F_TEXTEQ,
+				PointerGetDatum(key_datum));
+	rel = table_open(catalog.owner_entry, AccessShareLock);
+	index = index_open(catalog.owner_entry_key_hash, AccessShareLock);
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	slot = table_slot_create(rel, NULL);
+	scan = index_beginscan(rel, index, snapshot, 1, 0);
+	index_rescan(scan, &scankey, 1, NULL, 0);
+	while (!found && index_getnext_slot(scan, ForwardScanDirection, slot))
+	{
+		bool		should_free;
+		HeapTuple	tuple = ExecFetchSlotHeapTuple(slot, false, &should_free);
+
+		found = text_column_is(tuple, rel, Anum_owner_entry_key, key) &&
+			text_column_is(tuple, rel, Anum_owner_entry_domain, domain->name);
+		if (found)
+			ownership_of_entry(domain, key, tuple, RelationGetDescr(rel), result);
+		if (should_free)
+			heap_freetuple(tuple);
+	}
+	if (!found)
+		default_ownership(domain, result);
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	UnregisterSnapshot(snapshot);
+	/* keep the locks, as a query would: the next probe finds them held */
+	index_close(index, NoLock);
+	table_close(rel, NoLock);
+	pfree(key_datum);
+}
+
 /* The cached ownership of (domain, key) into result; false if not cached. */
 static bool
 cached_ownership(SorDomain *domain, const char *key, uint64 record_hash,
@@ -755,10 +826,6 @@ void
 sor_lookup_owner(SorDomain *domain, const char *key, uint64 record_hash,
 				 SorOwnership *result)
 {
-	ScanKeyData keys[2];
-	Relation	rel;
-	HeapTuple	tuple;
-
 	load_catalog();
 
 	/* a domain without entries: no lookup, nothing to cache */
@@ -782,18 +849,7 @@ sor_lookup_owner(SorDomain *domain, const char *key, uint64 record_hash,
 		return;
 	}
 
-	ScanKeyInit(&keys[0], Anum_owner_entry_domain, BTEqualStrategyNumber,
-				F_TEXTEQ, CStringGetTextDatum(domain->name));
-	ScanKeyInit(&keys[1], Anum_owner_entry_key, BTEqualStrategyNumber,
-				F_TEXTEQ, CStringGetTextDatum(key));
-	tuple = fetch_catalog_row(catalog.owner_entry, catalog.owner_entry_pkey,
-							  2, keys, &rel);
-	if (HeapTupleIsValid(tuple))
-		ownership_of_entry(domain, key, tuple, RelationGetDescr(rel), result);
-	else
-		default_ownership(domain, result);
-	table_close(rel, AccessShareLock);
-
+	probe_owner_entry(domain, key, result);
 	cache_ownership(domain, key, record_hash, result);
 }
 
