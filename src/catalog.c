@@ -59,6 +59,7 @@
 #define Anum_owner_entry_site			3
 #define Anum_owner_entry_epoch			4
 #define Anum_owner_entry_awaiting_acks	7
+#define Natts_owner_entry				7
 
 /*
  * Upper bound of cached ownership entries (about 150 bytes each); past it
@@ -111,6 +112,10 @@ static HTAB *owner_cache = NULL;
 static bool local_site_known = false;
 static bool local_site_set = false;
 static char local_site_name[NAMEDATALEN];
+
+/* The entry sor_lookup_table() returned last, while cache_generation is. */
+static SorTable *last_table = NULL;
+static uint64 last_table_generation = 0;
 
 static bool cache_stale = false;
 static bool tables_stale = false;	/* only table_cache */
@@ -497,11 +502,20 @@ sor_lookup_table(Oid relid)
 	bool		isvarlena;
 	bool		isnull;
 
+	/* a statement writes one table row after row: it was the last asked */
+	if (last_table != NULL && last_table_generation == cache_generation &&
+		last_table->relid == relid)
+		return last_table;
+
 	load_catalog();
 
 	table = hash_search(table_cache, &relid, HASH_FIND, NULL);
 	if (table)
+	{
+		last_table = table;
+		last_table_generation = cache_generation;
 		return table;
+	}
 
 	tuple = fetch_registration(relid, &rel);
 	if (!HeapTupleIsValid(tuple) && get_rel_relispartition(relid))
@@ -551,6 +565,8 @@ sor_lookup_table(Oid relid)
 	table->domain = domain;
 	table->key_attnum = attnum;
 	table->key_output = key_output;
+	last_table = table;
+	last_table_generation = cache_generation;
 	return table;
 }
 
@@ -595,18 +611,20 @@ static void
 ownership_of_entry(SorDomain *domain, const char *key, HeapTuple tuple,
 				   TupleDesc tupdesc, SorOwnership *result)
 {
-	bool		isnull;
+	Datum		values[Natts_owner_entry];
+	bool		nulls[Natts_owner_entry];
 
+	if (tupdesc->natts != Natts_owner_entry)
+		elog(ERROR, "sor.owner_entry has %d columns instead of %d",
+			 tupdesc->natts, Natts_owner_entry);
+	heap_deform_tuple(tuple, tupdesc, values, nulls);
 	memset(result, 0, sizeof(SorOwnership));
 	result->owned = true;
-	text_to_cstring_buffer(DatumGetTextPP(heap_getattr(tuple, Anum_owner_entry_site,
-													   tupdesc, &isnull)),
+	text_to_cstring_buffer(DatumGetTextPP(values[Anum_owner_entry_site - 1]),
 						   result->site, NAMEDATALEN);
-	result->epoch = DatumGetInt64(heap_getattr(tuple, Anum_owner_entry_epoch,
-											   tupdesc, &isnull));
+	result->epoch = DatumGetInt64(values[Anum_owner_entry_epoch - 1]);
 	result->acks_missing =
-		DatumGetBool(heap_getattr(tuple, Anum_owner_entry_awaiting_acks,
-								  tupdesc, &isnull)) &&
+		DatumGetBool(values[Anum_owner_entry_awaiting_acks - 1]) &&
 		sor_missing_acks(domain->name, key) != NULL;
 }
 
