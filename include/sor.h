@@ -149,6 +149,7 @@ extern void sor_slot_lock(bool exclusive);
 extern void sor_slot_unlock(void);
 
 /* queue.c */
+extern void sor_queue_init(void);
 extern int	sor_run_commands(int max_commands, int max_groups, Oid invoker,
 							 SorWorkerSlot *slot, long *next_due_ms);
 extern bool sor_forget_empty_groups(void);

@@ -24,6 +24,9 @@
  * doubles with each attempt.  After sor.retry_limit attempts the group is
  * parked until sor.retry() or sor.skip().
  *
+ * Estimates.  The queue's tables go from empty to millions of rows and
+ * back between two ANALYZEs; see queue_relation_info().
+ *
  * Privileges (C5).  A handler runs as the role that enqueued the command,
  * with a GUC nesting level of its own in which search_path is reset and the
  * role's and database's settings are applied, and which is thrown away
@@ -32,6 +35,8 @@
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
+
+#include <math.h>
 
 #include "access/genam.h"
 #include "access/htup_details.h"
@@ -48,7 +53,9 @@
 #include "common/hashfn.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "optimizer/plancat.h"
 #include "pgstat.h"
+#include "storage/bufpage.h"
 #include "storage/lock.h"
 #include "storage/proc.h"
 #include "utils/acl.h"
@@ -56,6 +63,7 @@
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/guc.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/regproc.h"
 #include "utils/snapmgr.h"
@@ -172,6 +180,62 @@ prepare_plans(void)
 	plan_forget = prepare(
 		"SELECT sor.forget_empty_groups($1)",
 		1, &text_int[1], false);
+}
+
+static get_relation_info_hook_type prev_get_relation_info_hook = NULL;
+
+/*
+ * The planner's size of a relation of sor's queue (sor.command,
+ * sor.command_group).  A VACUUM that finds the queue empty records no rows
+ * in its pages; when commands come in by the million afterwards, until
+ * autovacuum analyzes the table again (a minute or more later), PostgreSQL
+ * takes it for empty, scales "no rows" by its pages, and the consumers'
+ * queries then read a whole index for each group.  So where such a table
+ * is estimated at fewer rows than pages, it is estimated instead by the
+ * width of its rows, as PostgreSQL estimates a table never vacuumed, and
+ * its indexes with it.  Other relations are left as they are; their test
+ * is the first comparison.
+ */
+static void
+queue_relation_info(PlannerInfo *root, Oid relid, bool inhibitparentexpansion,
+					RelOptInfo *rel)
+{
+	Oid			nspid;
+	const char *relname;
+	int32		tuple_width;
+	ListCell   *lc;
+
+	if (prev_get_relation_info_hook)
+		prev_get_relation_info_hook(root, relid, inhibitparentexpansion, rel);
+
+	if (rel->tuples >= rel->pages)
+		return;
+	nspid = get_namespace_oid("sor", true);
+	if (!OidIsValid(nspid) || get_rel_namespace(relid) != nspid)
+		return;
+	relname = get_rel_name(relid);
+	if (relname == NULL ||
+		(strcmp(relname, "command") != 0 && strcmp(relname, "command_group") != 0))
+		return;
+
+	tuple_width = get_relation_data_width(relid, NULL) +
+		MAXALIGN(SizeofHeapTupleHeader) + sizeof(ItemIdData);
+	rel->tuples = rint((double) (BLCKSZ - SizeOfPageHeaderData) / tuple_width *
+					   rel->pages);
+	foreach(lc, rel->indexlist)
+	{
+		IndexOptInfo *index = (IndexOptInfo *) lfirst(lc);
+
+		index->tuples = Max(index->tuples, rel->tuples);
+	}
+}
+
+/* Called once per backend from _PG_init(). */
+void
+sor_queue_init(void)
+{
+	prev_get_relation_info_hook = get_relation_info_hook;
+	get_relation_info_hook = queue_relation_info;
 }
 
 static void

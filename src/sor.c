@@ -6,8 +6,9 @@
  * The library is loaded either by shared_preload_libraries or on first use
  * of one of its functions (the enforcement trigger, sor.owner_of, ...).
  * Either way each backend defines sor's settings and registers its cache
- * invalidation callback here.  Only when preloaded does it also set up the
- * shared memory and the launcher of the command workers.
+ * invalidation callback and its planner hook (queue.c) here.  Only when
+ * preloaded does it also set up the shared memory and the launcher of the
+ * command workers.
  *
  *-------------------------------------------------------------------------
  */
@@ -68,5 +69,6 @@ _PG_init(void)
 
 	sor_cache_init();
 	sor_stats_init();
+	sor_queue_init();
 	sor_launcher_init();
 }
