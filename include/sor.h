@@ -14,6 +14,12 @@
  *				rules for changes that arrive by replication
  *	stats.c		counts of refused writes
  *	functions.c	SQL-callable functions written in C
+ *	guard.c		the event trigger that keeps sor's triggers in place
+ *	queue.c		running queued commands (workers and sor.drain()), and
+ *				the planner's estimates of the queue's tables
+ *	launcher.c	shared memory, the launcher, waking the workers
+ *	worker.c	a command worker
+ *	sor.c		settings and start-up
  *
  *-------------------------------------------------------------------------
  */
