@@ -5,10 +5,10 @@
  *
  * Started by the launcher (launcher.c), sor.workers per database.  Each
  * pass is one transaction that runs up to sor.batch_size commands, of one
- * group or several (queue.c).  When there is nothing to run it sleeps on its latch,
- * which a committing enqueue sets, for at most sor.idle_wakeup, or until a
- * group in backoff is due.  A worker that finds the extension gone exits
- * and tells the launcher so.
+ * group or several (queue.c).  When there is nothing to run it sleeps on
+ * its latch, which a committing enqueue sets, for at most sor.idle_wakeup,
+ * or until a group in backoff is due.  A worker that finds the extension
+ * gone exits and tells the launcher so.
  *
  *-------------------------------------------------------------------------
  */
