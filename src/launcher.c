@@ -11,7 +11,9 @@
  * when a CREATE EXTENSION sor commits somewhere (sor.notify_launcher()), or
  * when a new database appears.  A worker that dies otherwise is started
  * again after SOR_RESTART_DELAY_MS, a delay that doubles while its workers
- * keep dying, up to SOR_RESTART_DELAY_MAX_MS.
+ * keep dying, up to SOR_RESTART_DELAY_MAX_MS; the databases are listed
+ * again before, since DROP DATABASE ... WITH (FORCE) ends the workers of
+ * the database it drops.
  *
  * Workers sleep on their latch.  A transaction that enqueues a command sets
  * a flag; when it has committed and released its locks, a resource-release
@@ -321,6 +323,29 @@ list_databases(HTAB *known)
 			hash_search(known, &db->dboid, HASH_REMOVE, NULL);
 }
 
+/*
+ * Whether the workers of a database are due to start again after dying.
+ * Then the databases are listed again first: DROP DATABASE ... WITH (FORCE)
+ * ends the workers of the database it drops.
+ */
+static bool
+restart_due(HTAB *known, TimestampTz now)
+{
+	HASH_SEQ_STATUS status;
+	KnownDatabase *db;
+
+	hash_seq_init(&status, known);
+	while ((db = hash_seq_search(&status)) != NULL)
+	{
+		if (db->next_start != 0 && db->next_start <= now)
+		{
+			hash_seq_term(&status);
+			return true;
+		}
+	}
+	return false;
+}
+
 static void
 start_worker(int index, Oid dboid)
 {
@@ -429,6 +454,9 @@ reconcile(HTAB *known)
 		}
 	}
 
+	if (restart_due(known, now))
+		list_databases(known);
+
 	hash_seq_init(&status, known);
 	while ((db = hash_seq_search(&status)) != NULL)
 	{
@@ -462,6 +490,7 @@ reconcile(HTAB *known)
 			start_worker(i, db->dboid);
 			running++;
 		}
+		db->next_start = 0;
 	}
 	return next;
 }

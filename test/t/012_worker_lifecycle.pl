@@ -2,7 +2,8 @@
 # idle or in the middle of a command (which is not counted as a failure and
 # runs again), and the launcher replaces it; a database gets workers when
 # CREATE EXTENSION sor commits there and loses them for good after DROP
-# EXTENSION sor, within sor.idle_wakeup.
+# EXTENSION sor, within sor.idle_wakeup, or after DROP DATABASE ... WITH
+# (FORCE), without a worker started for the database that is gone.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -186,6 +187,16 @@ is($node->safe_psql('postgres',
 $node->safe_psql('other', 'CREATE EXTENSION sor');
 ok($node->poll_query_until('postgres', worker_count('other'), $workers),
 	'CREATE EXTENSION again brings the workers back');
+
+# DROP DATABASE ... WITH (FORCE) ends them; the launcher sees the database
+# gone before it would start them again (after its restart delay, 1 s)
+$log_offset = -s $node->logfile;
+$node->safe_psql('postgres', 'DROP DATABASE other WITH (FORCE)');
+usleep(3_000_000);
+unlike(slurp_file($node->logfile, $log_offset), qr/FATAL:  database \d+ does not exist/,
+	'no worker is started for a dropped database');
+is(join(',', worker_pids('app')), join(',', @app_workers),
+	'the first database kept the same workers');
 
 # ---------------------------------------------------------------------
 # Two databases that CREATE EXTENSION sor at about the same time both get
