@@ -606,18 +606,22 @@ sor_missing_acks(const char *domain, const char *key)
 	return result;
 }
 
-/* The ownership that an owner_entry row gives, in result. */
+/* The columns of an owner_entry row, into values and nulls. */
 static void
-ownership_of_entry(SorDomain *domain, const char *key, HeapTuple tuple,
-				   TupleDesc tupdesc, SorOwnership *result)
+deform_owner_entry(HeapTuple tuple, TupleDesc tupdesc, Datum *values,
+				   bool *nulls)
 {
-	Datum		values[Natts_owner_entry];
-	bool		nulls[Natts_owner_entry];
-
 	if (tupdesc->natts != Natts_owner_entry)
 		elog(ERROR, "sor.owner_entry has %d columns instead of %d",
 			 tupdesc->natts, Natts_owner_entry);
 	heap_deform_tuple(tuple, tupdesc, values, nulls);
+}
+
+/* The ownership that an owner_entry row (its columns) gives, in result. */
+static void
+ownership_of_entry(SorDomain *domain, const char *key, const Datum *values,
+				   SorOwnership *result)
+{
 	memset(result, 0, sizeof(SorOwnership));
 	result->owned = true;
 	text_to_cstring_buffer(DatumGetTextPP(values[Anum_owner_entry_site - 1]),
@@ -726,15 +730,16 @@ preload_entries(SorDomain *domain)
 							  1, &scankey);
 	while ((tuple = systable_getnext(scan)) != NULL)
 	{
-		bool		isnull;
+		Datum		values[Natts_owner_entry];
+		bool		nulls[Natts_owner_entry];
 		char	   *key;
 		SorOwnership ownership;
 
 		if (++n > SOR_DOMAIN_PRELOAD_MAX)
 			break;
-		key = TextDatumGetCString(heap_getattr(tuple, Anum_owner_entry_key,
-											   RelationGetDescr(rel), &isnull));
-		ownership_of_entry(domain, key, tuple, RelationGetDescr(rel), &ownership);
+		deform_owner_entry(tuple, RelationGetDescr(rel), values, nulls);
+		key = TextDatumGetCString(values[Anum_owner_entry_key - 1]);
+		ownership_of_entry(domain, key, values, &ownership);
 		cache_ownership(domain, key, sor_record_hash(domain->name, key),
 						&ownership);
 		pfree(key);
@@ -748,18 +753,14 @@ preload_entries(SorDomain *domain)
 		domain->entries_cached = SOR_ENTRIES_ALL;
 }
 
-/* Whether text column attnum of tuple (of rel) is value. */
+/* Whether a text Datum is value. */
 static bool
-text_column_is(HeapTuple tuple, Relation rel, int attnum, const char *value)
+text_datum_is(Datum datum, const char *value)
 {
-	bool		isnull;
-	text	   *column = DatumGetTextPP(heap_getattr(tuple, attnum,
-													RelationGetDescr(rel),
-													&isnull));
+	text	   *t = DatumGetTextPP(datum);
 	size_t		len = strlen(value);
 
-	return !isnull && VARSIZE_ANY_EXHDR(column) == len &&
-		memcmp(VARDATA_ANY(column), value, len) == 0;
+	return VARSIZE_ANY_EXHDR(t) == len && memcmp(VARDATA_ANY(t), value, len) == 0;
 }
 
 /*
@@ -794,11 +795,14 @@ probe_owner_entry(SorDomain *domain, const char *key, SorOwnership *result)
 	{
 		bool		should_free;
 		HeapTuple	tuple = ExecFetchSlotHeapTuple(slot, false, &should_free);
+		Datum		values[Natts_owner_entry];
+		bool		nulls[Natts_owner_entry];
 
-		found = text_column_is(tuple, rel, Anum_owner_entry_key, key) &&
-			text_column_is(tuple, rel, Anum_owner_entry_domain, domain->name);
+		deform_owner_entry(tuple, RelationGetDescr(rel), values, nulls);
+		found = text_datum_is(values[Anum_owner_entry_key - 1], key) &&
+			text_datum_is(values[Anum_owner_entry_domain - 1], domain->name);
 		if (found)
-			ownership_of_entry(domain, key, tuple, RelationGetDescr(rel), result);
+			ownership_of_entry(domain, key, values, result);
 		if (should_free)
 			heap_freetuple(tuple);
 	}
