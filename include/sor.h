@@ -12,6 +12,7 @@
  *				hand-offs from interleaving
  *	enforce.c	the enforcement trigger and the catalog triggers, and the
  *				rules for changes that arrive by replication
+ *	shared_cache.c	ownership entries in shared memory, for every backend
  *	stats.c		counts of refused writes
  *	functions.c	SQL-callable functions written in C
  *	guard.c		the event trigger that keeps sor's triggers in place
@@ -45,6 +46,13 @@
  * stops taking record locks and holds a share lock on the whole domain.
  */
 #define SOR_LOCK_ESCALATION_THRESHOLD 16
+
+/* The local transaction ID of this backend's transaction (storage/proc.h). */
+#if PG_VERSION_NUM >= 170000
+#define MyLocalTransactionId (MyProc->vxid.lxid)
+#else
+#define MyLocalTransactionId (MyProc->lxid)
+#endif
 
 /* Whether the ownership cache holds every entry of a domain. */
 typedef enum SorEntriesCached
@@ -115,6 +123,7 @@ extern int	sor_retry_limit;
 extern int	sor_retry_backoff;
 extern int	sor_retry_backoff_max;
 extern int	sor_idle_wakeup;
+extern int	sor_shared_cache_entries;
 
 /* catalog.c */
 extern void sor_cache_init(void);
@@ -125,7 +134,8 @@ extern const char *sor_local_site(void);
 extern SorDomain *sor_lookup_domain(const char *name, bool missing_ok);
 extern SorTable *sor_lookup_table(Oid relid);
 extern void sor_lookup_owner(SorDomain *domain, const char *key,
-							 uint64 record_hash, SorOwnership *result);
+							 uint64 record_hash, bool write_locked,
+							 SorOwnership *result);
 extern char *sor_canonical_key(SorDomain *domain, const char *key);
 extern char *sor_missing_acks(const char *domain, const char *key);
 extern Oid	sor_key_family_type(Oid typid);
@@ -137,6 +147,17 @@ extern void sor_lock_record_for_write(const char *domain, uint64 record_hash);
 extern bool sor_domain_write_locked(const char *domain);
 extern void sor_lock_record_for_handoff(const char *domain, const char *key);
 extern void sor_lock_domain_for_handoff(const char *domain);
+
+/* shared_cache.c */
+extern void sor_shared_cache_init(void);
+extern bool sor_shared_cache_get(Oid owner_entry, const char *domain,
+								 const char *key, uint64 record_hash,
+								 bool *has_entry, SorOwnership *entry);
+extern void sor_shared_cache_put(Oid owner_entry, const char *domain,
+								 const char *key, uint64 record_hash,
+								 const SorOwnership *entry);
+extern void sor_shared_cache_forget(const char *domain, const char *key);
+extern void sor_shared_cache_forget_all(void);
 
 /* stats.c */
 extern void sor_stats_init(void);

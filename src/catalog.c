@@ -765,14 +765,16 @@ text_datum_is(Datum datum, const char *value)
 
 /*
  * Look the ownership entry of (domain, key) up in the catalog, under the
- * latest snapshot, through the hash index on key: the ownership it gives,
- * else the domain's default.  A hash index is lossy (it keeps only the
+ * latest snapshot, through the hash index on key: true if there is one,
+ * with the ownership it gives in entry, and in *awaiting_acks whether it
+ * waits for acknowledgements.  A hash index is lossy (it keeps only the
  * hash), and keys repeat across domains, so each tuple it finds is checked
  * for both; systable_getnext() cannot recheck, so the scan is a plain index
  * scan.
  */
-static void
-probe_owner_entry(SorDomain *domain, const char *key, SorOwnership *result)
+static bool
+probe_owner_entry(SorDomain *domain, const char *key, SorOwnership *entry,
+				  bool *awaiting_acks)
 {
 	ScanKeyData scankey;
 	Relation	rel;
@@ -802,12 +804,13 @@ probe_owner_entry(SorDomain *domain, const char *key, SorOwnership *result)
 		found = text_datum_is(values[Anum_owner_entry_key - 1], key) &&
 			text_datum_is(values[Anum_owner_entry_domain - 1], domain->name);
 		if (found)
-			ownership_of_entry(domain, key, values, result);
+		{
+			ownership_of_entry(domain, key, values, entry);
+			*awaiting_acks = DatumGetBool(values[Anum_owner_entry_awaiting_acks - 1]);
+		}
 		if (should_free)
 			heap_freetuple(tuple);
 	}
-	if (!found)
-		default_ownership(domain, result);
 	index_endscan(scan);
 	ExecDropSingleTupleTableSlot(slot);
 	UnregisterSnapshot(snapshot);
@@ -815,6 +818,7 @@ probe_owner_entry(SorDomain *domain, const char *key, SorOwnership *result)
 	index_close(index, NoLock);
 	table_close(rel, NoLock);
 	pfree(key_datum);
+	return found;
 }
 
 /* The cached ownership of (domain, key) into result; false if not cached. */
@@ -838,16 +842,23 @@ cached_ownership(SorDomain *domain, const char *key, uint64 record_hash,
  * Who owns (domain, key): its ownership entry, else the domain's default
  * owner, else nobody.  key must be in canonical form, record_hash its
  * sor_record_hash(); both may be left out (NULL, 0) for a domain without
- * entries (!has_entries).
+ * entries (!has_entries).  write_locked: the caller holds the record's
+ * write lock (sor_lock_record_for_write()), so what a probe finds may be
+ * shared with other backends (shared_cache.c).
  *
  * A domain with few entries is read whole at its first miss; after that a
  * key that is not in the cache has no entry, and its answer needs no index
- * probe.  In other domains a miss probes the index and caches the answer.
+ * probe.  In other domains a miss asks the shared cache, then probes the
+ * index, and caches the answer.
  */
 void
 sor_lookup_owner(SorDomain *domain, const char *key, uint64 record_hash,
-				 SorOwnership *result)
+				 bool write_locked, SorOwnership *result)
 {
+	SorOwnership entry;
+	bool		has_entry;
+	bool		awaiting_acks = false;
+
 	load_catalog();
 
 	/* a domain without entries: no lookup, nothing to cache */
@@ -871,8 +882,21 @@ sor_lookup_owner(SorDomain *domain, const char *key, uint64 record_hash,
 		return;
 	}
 
-	probe_owner_entry(domain, key, result);
+	if (write_locked &&
+		sor_shared_cache_get(catalog.owner_entry, domain->name, key,
+							 record_hash, &has_entry, &entry))
+		write_locked = false;	/* nothing new to share */
+	else
+		has_entry = probe_owner_entry(domain, key, &entry, &awaiting_acks);
+
+	if (has_entry)
+		*result = entry;
+	else
+		default_ownership(domain, result);
 	cache_ownership(domain, key, record_hash, result);
+	if (write_locked && !awaiting_acks)
+		sor_shared_cache_put(catalog.owner_entry, domain->name, key,
+							 record_hash, has_entry ? &entry : NULL);
 }
 
 /*

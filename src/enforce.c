@@ -206,12 +206,13 @@ lock_record(Relation rel, HeapTuple tuple, Datum *key, SorOwnership *owner)
 	{
 		if (!table->domain->has_entries)
 		{
-			sor_lookup_owner(table->domain, NULL, 0, owner);
+			sor_lookup_owner(table->domain, NULL, 0, true, owner);
 			return table;
 		}
 		key_string = OutputFunctionCall(&table->key_output, *key);
 		sor_lookup_owner(table->domain, key_string,
-						 sor_record_hash(table->domain->name, key_string), owner);
+						 sor_record_hash(table->domain->name, key_string), true,
+						 owner);
 		return table;
 	}
 
@@ -226,7 +227,7 @@ lock_record(Relation rel, HeapTuple tuple, Datum *key, SorOwnership *owner)
 		(table = sor_lookup_table(relid)) == NULL)
 		not_registered(rel);
 
-	sor_lookup_owner(table->domain, key_string, record_hash, owner);
+	sor_lookup_owner(table->domain, key_string, record_hash, true, owner);
 	return table;
 }
 
@@ -676,7 +677,8 @@ apply_history(TriggerData *trigdata)
  * relcache invalidation that makes every backend drop its sor caches at
  * commit, also for changes applied by replication.  On sor.owner_entry it
  * first takes the hand-off lock of the record, so that the change waits
- * for every open transaction that has written the record; on sor.domain a
+ * for every open transaction that has written the record, and empties the
+ * record's slot of the shared cache (TRUNCATE: every slot); on sor.domain a
  * change of the default owner locks the whole domain.  Changes that arrive
  * by replication then go through the rules above.
  */
@@ -701,7 +703,11 @@ sor_catalog_changed(PG_FUNCTION_ARGS)
 	CacheInvalidateRelcache(rel);
 
 	if (!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
+	{
+		/* TRUNCATE fires no row triggers */
+		sor_shared_cache_forget_all();
 		return PointerGetDatum(NULL);
+	}
 
 	tuples[0] = trigdata->tg_trigtuple;
 	tuples[1] = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ?
@@ -712,8 +718,13 @@ sor_catalog_changed(PG_FUNCTION_ARGS)
 	for (i = 0; i < 2 && tuples[i] != NULL; i++)
 	{
 		if (strcmp(kind, "owner_entry") == 0)
-			sor_lock_record_for_handoff(text_column(tuples[i], tupdesc, Anum_owner_entry_domain),
-										text_column(tuples[i], tupdesc, Anum_owner_entry_key));
+		{
+			char	   *domain = text_column(tuples[i], tupdesc, Anum_owner_entry_domain);
+			char	   *key = text_column(tuples[i], tupdesc, Anum_owner_entry_key);
+
+			sor_lock_record_for_handoff(domain, key);
+			sor_shared_cache_forget(domain, key);
+		}
 		else if (strcmp(kind, "domain") == 0)
 			sor_lock_domain_for_handoff(text_column(tuples[i], tupdesc, Anum_domain_name));
 	}

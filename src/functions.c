@@ -67,7 +67,8 @@ sor_owner_of(PG_FUNCTION_ARGS)
 	sor_cache_revalidate();
 	domain = sor_lookup_domain(domain_name, false);
 	key = sor_canonical_key(domain, key);
-	sor_lookup_owner(domain, key, sor_record_hash(domain->name, key), &owner);
+	sor_lookup_owner(domain, key, sor_record_hash(domain->name, key), false,
+					 &owner);
 	if (!owner.owned)
 		PG_RETURN_NULL();
 	PG_RETURN_TEXT_P(cstring_to_text(owner.site));

@@ -10,18 +10,22 @@
  * partition (CREATE TABLE ... PARTITION OF, ALTER TABLE ... ATTACH
  * PARTITION).  Only a new partition gets sor's triggers installed; any other
  * command that leaves a trigger missing or disabled is refused.  That keeps
- * a restore from pg_dump working: it creates every trigger itself.
+ * a restore from pg_dump working: it creates every trigger itself.  An
+ * ALTER TABLE of one of sor's own tables also makes the shared ownership
+ * cache old (shared_cache.c).
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/event_trigger.h"
 #include "nodes/parsenodes.h"
 #include "nodes/value.h"
 #include "parser/parse_func.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
 
 #include "sor.h"
 
@@ -46,6 +50,24 @@ adds_partition(Node *parsetree)
 	return false;
 }
 
+/*
+ * Whether the command is an ALTER TABLE of one of sor's own tables, such as
+ * the ALTER TABLE ... ENABLE TRIGGER that ends a load of sor.owner_entry
+ * with its triggers disabled (pg_restore --disable-triggers).
+ */
+static bool
+alters_sor_table(Node *parsetree)
+{
+	Oid			relid;
+
+	if (!IsA(parsetree, AlterTableStmt))
+		return false;
+	relid = RangeVarGetRelid(((AlterTableStmt *) parsetree)->relation,
+							 NoLock, true);
+	return OidIsValid(relid) &&
+		get_rel_namespace(relid) == get_namespace_oid("sor", true);
+}
+
 Datum
 sor_guard_ddl(PG_FUNCTION_ARGS)
 {
@@ -65,5 +87,12 @@ sor_guard_ddl(PG_FUNCTION_ARGS)
 	OidFunctionCall2(check_ddl,
 					 CStringGetTextDatum(GetCommandTagName(trigdata->tag)),
 					 BoolGetDatum(adds_partition(trigdata->parsetree)));
+
+	/*
+	 * Ownership entries written while the catalog's triggers were disabled
+	 * emptied no slot of the shared cache: make them all old.
+	 */
+	if (alters_sor_table(trigdata->parsetree))
+		sor_shared_cache_forget_all();
 	PG_RETURN_NULL();
 }

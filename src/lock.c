@@ -54,12 +54,6 @@
 
 #include "sor.h"
 
-#if PG_VERSION_NUM >= 170000
-#define MyLocalTransactionId (MyProc->vxid.lxid)
-#else
-#define MyLocalTransactionId (MyProc->lxid)
-#endif
-
 static void
 set_domain_tag(LOCKTAG *tag, const char *domain)
 {

@@ -15,6 +15,7 @@
 #include "postgres.h"
 
 #include "fmgr.h"
+#include "miscadmin.h"
 #include "utils/guc.h"
 
 #include "sor.h"
@@ -27,6 +28,7 @@ int			sor_retry_limit = 5;
 int			sor_retry_backoff = 1000;
 int			sor_retry_backoff_max = 300000;
 int			sor_idle_wakeup = 10000;
+int			sor_shared_cache_entries = 65536;
 
 void		_PG_init(void);
 
@@ -63,11 +65,19 @@ _PG_init(void)
 							NULL,
 							&sor_idle_wakeup, 10000, 100, 3600000,
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	/* a postmaster setting can be defined only while preloading */
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomIntVariable("sor.shared_cache_entries",
+								"Ownership entries kept in shared memory for every backend.",
+								"About 160 bytes each; 0 turns the shared cache off.  Needs shared_preload_libraries = 'sor'.",
+								&sor_shared_cache_entries, 65536, 0, 64 * 1024 * 1024,
+								PGC_POSTMASTER, 0, NULL, NULL, NULL);
 
 	/* The local site is a catalog row, never a setting: keep "sor." ours. */
 	MarkGUCPrefixReserved("sor");
 
 	sor_cache_init();
+	sor_shared_cache_init();
 	sor_stats_init();
 	sor_queue_init();
 	sor_launcher_init();

@@ -1,0 +1,312 @@
+/*-------------------------------------------------------------------------
+ *
+ * shared_cache.c
+ *	  The ownership entries of recently written records, in shared memory,
+ *	  for every backend.
+ *
+ * Each backend caches ownership (catalog.c), but a new session starts with
+ * an empty cache, and a domain with many entries keeps missing it: every
+ * miss is an index probe of sor.owner_entry.  What a probe found is
+ * therefore also kept here, where the next session finds it.
+ *
+ * A slot holds the facts of one ownership entry: the site and epoch it
+ * gives, or that the record has no entry (its owner is then the domain's
+ * default, which each backend keeps in its own cache of domains).  Entries
+ * still waiting for acknowledgements are never kept, since their answer
+ * depends on sor.handoff_ack too.
+ *
+ * Why a slot is never stale rests on the record locks (lock.c):
+ *
+ *	- a slot is filled only by a writer that holds the record's write lock
+ *	  (or its domain's), after it took the lock, from a probe under the
+ *	  latest snapshot, and only if its own transaction changed no
+ *	  ownership entry (it would see its own uncommitted change);
+ *	- every change of an ownership entry first takes the record's hand-off
+ *	  lock, which waits for those writers and keeps new ones out until it
+ *	  commits, and empties the record's slot (sor_shared_cache_forget());
+ *	- TRUNCATE of the catalog, which has no row triggers, makes every slot
+ *	  old at once (sor_shared_cache_forget_all()); it holds the catalog
+ *	  exclusively, and a probe holds it shared until its transaction ends;
+ *	- a slot names the database and the OID of its sor.owner_entry, so a
+ *	  dropped and created again extension does not find the old slots.
+ *
+ * So between the hand-off lock and its commit no one can fill the slot
+ * again, and after the commit a probe sees the change.
+ *
+ * The cache is an array of buckets of SOR_SHARED_CACHE_WAYS slots, each
+ * bucket under one of SOR_SHARED_CACHE_LOCKS lightweight locks.  A record
+ * goes to one bucket (by its hash and database); when the bucket is full a
+ * slot picked by the hash is overwritten.  Records whose "domain\0key" is
+ * longer than SOR_SHARED_KEY_MAX bytes are not kept.  The size is
+ * sor.shared_cache_entries; without sor in shared_preload_libraries there
+ * is no shared cache and every function here does nothing.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "common/hashfn.h"
+#include "miscadmin.h"
+#include "port/atomics.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+
+#include "sor.h"
+
+#define SOR_SHARED_KEY_MAX		64
+#define SOR_SHARED_CACHE_WAYS	4
+#define SOR_SHARED_CACHE_LOCKS	128
+
+typedef struct SharedOwnerSlot
+{
+	uint64		record_hash;
+	Oid			dboid;			/* InvalidOid: slot unused */
+	Oid			owner_entry;	/* OID of sor.owner_entry in dboid */
+	uint32		generation;		/* of the cache, when filled */
+	bool		has_entry;		/* else: no entry, the default owner */
+	uint8		len;			/* of domain_key */
+	int64		epoch;
+	char		site[NAMEDATALEN];
+	char		domain_key[SOR_SHARED_KEY_MAX];	/* "domain\0key" */
+} SharedOwnerSlot;
+
+typedef struct SharedCache
+{
+	pg_atomic_uint32 generation;
+	int			nbuckets;
+	LWLockPadded *locks;
+	SharedOwnerSlot slots[FLEXIBLE_ARRAY_MEMBER];
+} SharedCache;
+
+static SharedCache *shared_cache = NULL;
+
+/* The transaction that changed an ownership entry last in this backend. */
+static LocalTransactionId changed_in = InvalidLocalTransactionId;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+static Size
+shared_cache_size(void)
+{
+	return add_size(offsetof(SharedCache, slots),
+					mul_size(sor_shared_cache_entries, sizeof(SharedOwnerSlot)));
+}
+
+static void
+shared_cache_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(shared_cache_size());
+	RequestNamedLWLockTranche("sor shared cache", SOR_SHARED_CACHE_LOCKS);
+}
+
+static void
+shared_cache_shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	shared_cache = ShmemInitStruct("sor shared cache", shared_cache_size(),
+								   &found);
+	if (!found)
+	{
+		memset(shared_cache, 0, shared_cache_size());
+		pg_atomic_init_u32(&shared_cache->generation, 1);
+		shared_cache->nbuckets = sor_shared_cache_entries / SOR_SHARED_CACHE_WAYS;
+		shared_cache->locks = GetNamedLWLockTranche("sor shared cache");
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/* Called from _PG_init, after the settings are defined. */
+void
+sor_shared_cache_init(void)
+{
+	if (!process_shared_preload_libraries_in_progress ||
+		sor_shared_cache_entries < SOR_SHARED_CACHE_WAYS)
+		return;
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = shared_cache_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = shared_cache_shmem_startup;
+}
+
+/*
+ * Whether this backend may use the cache now: it exists, and this
+ * transaction changed no ownership entry.
+ */
+static bool
+shared_cache_usable(void)
+{
+	return shared_cache != NULL && changed_in != MyLocalTransactionId;
+}
+
+/* The first slot of the bucket of a record, and the bucket's lock. */
+static SharedOwnerSlot *
+bucket_of(uint64 record_hash, LWLock **lock)
+{
+	uint64		h = hash_combine64(record_hash, MyDatabaseId);
+	uint32		bucket = (uint32) (h % (uint64) shared_cache->nbuckets);
+
+	*lock = &shared_cache->locks[bucket % SOR_SHARED_CACHE_LOCKS].lock;
+	return &shared_cache->slots[bucket * SOR_SHARED_CACHE_WAYS];
+}
+
+/* "domain\0key" into buf; false if it does not fit a slot. */
+static bool
+make_domain_key(const char *domain, const char *key, char *buf, uint8 *len)
+{
+	size_t		dlen = strlen(domain);
+	size_t		klen = strlen(key);
+
+	if (dlen + 1 + klen > SOR_SHARED_KEY_MAX)
+		return false;
+	memcpy(buf, domain, dlen + 1);
+	memcpy(buf + dlen + 1, key, klen);
+	*len = (uint8) (dlen + 1 + klen);
+	return true;
+}
+
+static bool
+slot_is(SharedOwnerSlot *slot, uint64 record_hash, Oid owner_entry,
+		uint32 generation, const char *domain_key, uint8 len)
+{
+	return slot->record_hash == record_hash &&
+		slot->dboid == MyDatabaseId &&
+		slot->owner_entry == owner_entry &&
+		slot->generation == generation &&
+		slot->len == len &&
+		memcmp(slot->domain_key, domain_key, len) == 0;
+}
+
+/*
+ * The cached ownership entry of (domain, key) of the sor.owner_entry whose
+ * OID is owner_entry: true if cached, with *has_entry false when the record
+ * has no entry, else its ownership in *entry.  The caller must hold the
+ * record's write lock.
+ */
+bool
+sor_shared_cache_get(Oid owner_entry, const char *domain, const char *key,
+					 uint64 record_hash, bool *has_entry, SorOwnership *entry)
+{
+	char		domain_key[SOR_SHARED_KEY_MAX];
+	uint8		len;
+	uint32		generation;
+	SharedOwnerSlot *slot;
+	LWLock	   *lock;
+	bool		found = false;
+	int			i;
+
+	if (!shared_cache_usable() ||
+		!make_domain_key(domain, key, domain_key, &len))
+		return false;
+
+	generation = pg_atomic_read_u32(&shared_cache->generation);
+	slot = bucket_of(record_hash, &lock);
+	LWLockAcquire(lock, LW_SHARED);
+	for (i = 0; i < SOR_SHARED_CACHE_WAYS; i++, slot++)
+	{
+		if (!slot_is(slot, record_hash, owner_entry, generation, domain_key, len))
+			continue;
+		found = true;
+		*has_entry = slot->has_entry;
+		memset(entry, 0, sizeof(SorOwnership));
+		entry->owned = slot->has_entry;
+		strlcpy(entry->site, slot->site, NAMEDATALEN);
+		entry->epoch = slot->epoch;
+		break;
+	}
+	LWLockRelease(lock);
+	return found;
+}
+
+/*
+ * Keep what a probe found for (domain, key): its ownership entry (entry,
+ * not waiting for acknowledgements), or that it has none (entry NULL).  The
+ * caller must hold the record's write lock and have probed after taking it.
+ */
+void
+sor_shared_cache_put(Oid owner_entry, const char *domain, const char *key,
+					 uint64 record_hash, const SorOwnership *entry)
+{
+	char		domain_key[SOR_SHARED_KEY_MAX];
+	uint8		len;
+	uint32		generation;
+	SharedOwnerSlot *first;
+	SharedOwnerSlot *slot = NULL;
+	LWLock	   *lock;
+	int			i;
+
+	if (!shared_cache_usable() ||
+		!make_domain_key(domain, key, domain_key, &len))
+		return;
+
+	generation = pg_atomic_read_u32(&shared_cache->generation);
+	first = bucket_of(record_hash, &lock);
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	/* the record's own slot, else an unused or old one, else by the hash */
+	for (i = 0; i < SOR_SHARED_CACHE_WAYS && slot == NULL; i++)
+		if (slot_is(&first[i], record_hash, owner_entry, generation, domain_key, len))
+			slot = &first[i];
+	for (i = 0; i < SOR_SHARED_CACHE_WAYS && slot == NULL; i++)
+		if (first[i].dboid == InvalidOid || first[i].generation != generation)
+			slot = &first[i];
+	if (slot == NULL)
+		slot = &first[(record_hash >> 32) % SOR_SHARED_CACHE_WAYS];
+
+	slot->record_hash = record_hash;
+	slot->dboid = MyDatabaseId;
+	slot->owner_entry = owner_entry;
+	slot->generation = generation;
+	slot->has_entry = entry != NULL;
+	slot->len = len;
+	slot->epoch = entry ? entry->epoch : 0;
+	strlcpy(slot->site, entry ? entry->site : "", NAMEDATALEN);
+	memcpy(slot->domain_key, domain_key, len);
+	LWLockRelease(lock);
+}
+
+/*
+ * The ownership entry of (domain, key) is about to change: empty its slot.
+ * Called with the record's hand-off lock held.  Until this transaction
+ * ends, this backend neither reads nor fills the cache.
+ */
+void
+sor_shared_cache_forget(const char *domain, const char *key)
+{
+	uint64		record_hash;
+	SharedOwnerSlot *slot;
+	LWLock	   *lock;
+	int			i;
+
+	changed_in = MyLocalTransactionId;
+	if (shared_cache == NULL)
+		return;
+
+	record_hash = sor_record_hash(domain, key);
+	slot = bucket_of(record_hash, &lock);
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	for (i = 0; i < SOR_SHARED_CACHE_WAYS; i++, slot++)
+		if (slot->record_hash == record_hash && slot->dboid == MyDatabaseId)
+			slot->dboid = InvalidOid;
+	LWLockRelease(lock);
+}
+
+/*
+ * Every slot becomes old (TRUNCATE of a sor catalog table).  Called with
+ * the catalog table locked exclusively.
+ */
+void
+sor_shared_cache_forget_all(void)
+{
+	changed_in = MyLocalTransactionId;
+	if (shared_cache != NULL)
+		pg_atomic_fetch_add_u32(&shared_cache->generation, 1);
+}
