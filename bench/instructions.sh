@@ -35,10 +35,13 @@ sql enforce -c "CALL bench_scenario('entries', $keys, 'entries', NULL)" \
     -c "VACUUM ANALYZE" >/dev/null
 stop_server
 
-# script SCHEMA WORKLOAD N: N statements of one session, as the role bench
+# script SCHEMA WORKLOAD N [WARM]: N statements of one session, as the role
+# bench; WARM: after a write of every row of upd, which fills sor's shared
+# ownership cache (as in part 1 of bench/run)
 script() {
-    local schema=$1 workload=$2 n=$3
+    local schema=$1 workload=$2 n=$3 warm=${4:-}
     printf "SET ROLE bench\nSET bench.site = 'a'\nSET search_path = %s\n" "$schema"
+    [ -n "$warm" ] && echo 'UPDATE upd SET v = v'
     case $workload in
     UPDATE) echo 'PREPARE w(bigint) AS UPDATE upd SET v = v + 1 WHERE id = $1' ;;
     INSERT) echo "PREPARE w(bigint) AS INSERT INTO ins (id, owner, v) VALUES (\$1, 'a', 1)" ;;
@@ -47,12 +50,14 @@ script() {
         'BEGIN { srand(1); for (i = 0; i < n; i++) printf "EXECUTE w(%d)\n", 1 + int(rand() * keys) }'
 }
 
-# instructions SCHEMA WORKLOAD N: instructions of the whole single-user run
+# instructions SCHEMA WORKLOAD N [WARM]: instructions of the whole
+# single-user run
 instructions() {
     local file=$work/callgrind.out
-    script "$1" "$2" "$3" >"$work/script.sql"
+    script "$@" >"$work/script.sql"
     valgrind --tool=callgrind --callgrind-out-file="$file" \
-        "$bin/postgres" --single -D "$work/data" -c synchronous_commit=off enforce \
+        "$bin/postgres" --single -D "$work/data" -c synchronous_commit=off \
+        -c sor.shared_cache_entries=262144 enforce \
         <"$work/script.sql" >"$work/single.log" 2>"$work/valgrind.log"
     grep -q ERROR "$work/single.log" && die "$1, $2: $(grep -m1 ERROR "$work/single.log")"
     sed -n 's/^totals: //p' "$file"
@@ -68,6 +73,17 @@ for scen in default entries; do
             cost[$scen/$workload/$v]=$(((b - a) / (statements - few)))
             log "  $scen $workload $v: ${cost[$scen/$workload/$v]} instructions per statement"
         done
+    done
+done
+
+# entries, warm: only the unregistered table and sor (PL/pgSQL would write
+# 100,000 rows under callgrind for its warm-up)
+for workload in UPDATE INSERT; do
+    for v in plain sor; do
+        a=$(instructions "entries_$v" $workload $few warm)
+        b=$(instructions "entries_$v" $workload "$statements" warm)
+        cost[warm/$workload/$v]=$(((b - a) / (statements - few)))
+        log "  entries (warm) $workload $v: ${cost[warm/$workload/$v]} instructions per statement"
     done
 done
 
@@ -89,4 +105,8 @@ for scen in default entries; do
         printf '| %s | %s | %d | %+d | %+d | %+d | %+d | %s | %s |\n' "$scen" "$workload" \
             "${cost[$scen/$workload/plain]}" "$s" "$p" "$r" "$n" "$(ratio "$p" "$s")" "$(ratio "$s" "$n")"
     done
+done
+for workload in UPDATE INSERT; do
+    printf '| entries, warm | %s | %d | %+d | | | | | |\n' "$workload" \
+        "${cost[warm/$workload/plain]}" "$(extra warm $workload sor)"
 done
