@@ -37,11 +37,16 @@ stop_server
 
 # script SCHEMA WORKLOAD N [WARM]: N statements of one session, as the role
 # bench; WARM: after a write of every row of upd, which fills sor's shared
-# ownership cache (as in part 1 of bench/run)
+# ownership cache (as in part 1 of bench/run), a VACUUM, and an ANALYZE of
+# a sor catalog table, whose invalidation empties the session's own caches
+# as if it were a new session
 script() {
     local schema=$1 workload=$2 n=$3 warm=${4:-}
-    printf "SET ROLE bench\nSET bench.site = 'a'\nSET search_path = %s\n" "$schema"
-    [ -n "$warm" ] && echo 'UPDATE upd SET v = v'
+    printf "SET search_path = %s\n" "$schema"
+    if [ -n "$warm" ]; then
+        printf "UPDATE upd SET v = v\nVACUUM upd\nANALYZE sor.domain\n"
+    fi
+    printf "SET ROLE bench\nSET bench.site = 'a'\n"
     case $workload in
     UPDATE) echo 'PREPARE w(bigint) AS UPDATE upd SET v = v + 1 WHERE id = $1' ;;
     INSERT) echo "PREPARE w(bigint) AS INSERT INTO ins (id, owner, v) VALUES (\$1, 'a', 1)" ;;
@@ -51,12 +56,19 @@ script() {
 }
 
 # instructions SCHEMA WORKLOAD N [WARM]: instructions of the whole
-# single-user run
+# single-user run.  A warm run starts from a fresh copy of the data
+# directory, so that its warm-up costs the same with few and with many
+# statements.
 instructions() {
-    local file=$work/callgrind.out
+    local file=$work/callgrind.out data=$work/data
     script "$@" >"$work/script.sql"
+    if [ -n "${4:-}" ]; then
+        data=$work/warm
+        rm -rf "$data"
+        cp -a "$work/data" "$data"
+    fi
     valgrind --tool=callgrind --callgrind-out-file="$file" \
-        "$bin/postgres" --single -D "$work/data" -c synchronous_commit=off \
+        "$bin/postgres" --single -D "$data" -c synchronous_commit=off \
         -c sor.shared_cache_entries=262144 enforce \
         <"$work/script.sql" >"$work/single.log" 2>"$work/valgrind.log"
     grep -q ERROR "$work/single.log" && die "$1, $2: $(grep -m1 ERROR "$work/single.log")"
