@@ -208,9 +208,9 @@ sor_shared_cache_get(Oid owner_entry, const char *domain, const char *key,
 		!make_domain_key(domain, key, domain_key, &len))
 		return false;
 
-	generation = pg_atomic_read_u32(&shared_cache->generation);
 	slot = bucket_of(record_hash, &lock);
 	LWLockAcquire(lock, LW_SHARED);
+	generation = pg_atomic_read_u32(&shared_cache->generation);
 	for (i = 0; i < SOR_SHARED_CACHE_WAYS; i++, slot++)
 	{
 		if (!slot_is(slot, record_hash, owner_entry, generation, domain_key, len))
@@ -248,9 +248,9 @@ sor_shared_cache_put(Oid owner_entry, const char *domain, const char *key,
 		!make_domain_key(domain, key, domain_key, &len))
 		return;
 
-	generation = pg_atomic_read_u32(&shared_cache->generation);
 	first = bucket_of(record_hash, &lock);
 	LWLockAcquire(lock, LW_EXCLUSIVE);
+	generation = pg_atomic_read_u32(&shared_cache->generation);
 	/* the record's own slot, else an unused or old one, else by the hash */
 	for (i = 0; i < SOR_SHARED_CACHE_WAYS && slot == NULL; i++)
 		if (slot_is(&first[i], record_hash, owner_entry, generation, domain_key, len))
