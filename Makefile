@@ -16,7 +16,7 @@ REGRESS = install sites register ownership enforce partitions bypass privileges 
 REGRESS_OPTS = --temp-instance=./tmp_check --temp-config=$(srcdir)/test/postgresql.conf
 
 ISOLATION = $(patsubst test/isolation/specs/%.spec,%,$(sort $(wildcard test/isolation/specs/*.spec)))
-ISOLATION_OPTS = --inputdir=$(srcdir)/test/isolation --temp-instance=./tmp_check_iso --temp-config=$(srcdir)/test/isolation/postgresql.conf
+ISOLATION_OPTS = --inputdir=$(srcdir)/test/isolation --temp-instance=./tmp_check_iso --temp-config=$(srcdir)/test/postgresql.conf --temp-config=$(srcdir)/test/isolation/postgresql.conf
 
 TAP_TESTS = 1
 PROVE_TESTS = $(sort $(wildcard test/t/*.pl))
