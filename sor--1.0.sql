@@ -467,6 +467,10 @@ $$;
 -- The start of every change of one record's owner: the domain, the local
 -- site and the key in canonical form, checked; the record's hand-off lock,
 -- taken (waiting for its open writers); then its current owner and epoch.
+-- The record's entry, if it has one, is locked before the hand-off lock:
+-- any other change of the entry (one that replication applies, say) holds
+-- the row when its catalog trigger asks for the hand-off lock, so taking
+-- them in the other order would deadlock with it.
 CREATE FUNCTION @extschema@.begin_handoff(domain text, key text,
                                           OUT d @extschema@.domain,
                                           OUT k text, OUT local text,
@@ -479,6 +483,8 @@ BEGIN
     d := @extschema@.existing_domain(domain);
     local := @extschema@.required_local_site();
     k := @extschema@.canonical_key(d.name, @extschema@.required(key, 'key'));
+    PERFORM FROM @extschema@.owner_entry e
+      WHERE e.domain = d.name AND e.key = k FOR UPDATE;
     PERFORM @extschema@.lock_record_for_handoff(d.name, k);
     cur := @extschema@.current_owner(d, k);
     site := cur.site;
