@@ -29,7 +29,7 @@ SELECT p.oid::regprocedure AS function,
        p.proconfig
   FROM pg_proc p
  WHERE p.pronamespace = 'sor'::regnamespace
- ORDER BY p.proname::text COLLATE "C";
+ ORDER BY p.oid::regprocedure::text COLLATE "C";
 
 -- both event triggers fire also with session_replication_role = replica
 SELECT evtname, evtevent, evtenabled FROM pg_event_trigger
