@@ -75,6 +75,9 @@ typedef struct SorDomain
 	int64		default_epoch;
 	bool		has_entries;	/* some key has an ownership entry */
 	SorEntriesCached entries_cached;	/* see sor_lookup_owner() */
+	/* while entries_cached is ALL: the entries' key digests, sorted */
+	uint64	   *entry_digests;	/* NULL: not known */
+	int			n_entry_digests;
 } SorDomain;
 
 /* Cached facts about one table that is registered or a partition of one. */
@@ -83,6 +86,7 @@ typedef struct SorTable
 	Oid			relid;			/* hash key */
 	SorDomain  *domain;
 	AttrNumber	key_attnum;		/* in this relation (partitions may differ) */
+	Oid			key_base_type;	/* of the key column */
 	FmgrInfo	key_output;
 } SorTable;
 
@@ -136,6 +140,7 @@ extern SorTable *sor_lookup_table(Oid relid);
 extern void sor_lookup_owner(SorDomain *domain, const char *key,
 							 uint64 record_hash, bool write_locked,
 							 SorOwnership *result);
+extern bool sor_key_has_no_entry(SorTable *table, Datum key);
 extern char *sor_canonical_key(SorDomain *domain, const char *key);
 extern char *sor_missing_acks(const char *domain, const char *key);
 extern Oid	sor_key_family_type(Oid typid);

@@ -211,6 +211,39 @@ INSERT INTO wallet VALUES (3, 'paris''s by default now');
 INSERT INTO ledger VALUES (3, 'paris''s by default now');
 SELECT 'wallet' AS tbl, * FROM wallet UNION ALL SELECT 'ledger', * FROM ledger
  ORDER BY 1, 2;
+-- Bulk writes: past 16 records a transaction locks the whole domain, and
+-- where all of a domain's entries are cached a key is then checked without
+-- its text form.  A key with an entry for another site is still refused,
+-- as the last row of a bulk write too: integer keys (an integer column in
+-- a domain of bigint keys), text keys (varchar) and uuid keys.
+INSERT INTO wallet SELECT i, 'bulk' FROM generate_series(100, 139) i;
+INSERT INTO wallet SELECT i, 'bulk' FROM generate_series(200, 239) i
+UNION ALL SELECT 7, 'london''s';
+SELECT count(*) FILTER (WHERE id BETWEEN 100 AND 139) AS written,
+       count(*) FILTER (WHERE id BETWEEN 200 AND 239) AS refused
+  FROM wallet;
+CREATE TABLE badge (code varchar(20) PRIMARY KEY);
+CREATE TABLE device (id uuid PRIMARY KEY);
+SELECT sor.register_table('badge', 'code', 'badge', default_site => 'paris');
+SELECT sor.register_table('device', 'id', 'device', default_site => 'paris');
+INSERT INTO sor.owner_entry (domain, key, site, epoch)
+VALUES ('badge', 'B-7', 'london', 1),
+       ('device', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 'london', 1);
+INSERT INTO badge SELECT 'B-' || i FROM generate_series(100, 139) i;
+INSERT INTO badge SELECT 'B-' || i FROM generate_series(200, 239) i
+UNION ALL SELECT 'B-7';
+INSERT INTO device SELECT md5(i::text)::uuid FROM generate_series(1, 40) i;
+INSERT INTO device SELECT md5(i::text)::uuid FROM generate_series(41, 80) i
+UNION ALL SELECT 'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11';
+-- an entry added later is seen by the next bulk write
+INSERT INTO sor.owner_entry (domain, key, site, epoch)
+VALUES ('badge', 'B-250', 'london', 1);
+INSERT INTO badge SELECT 'B-' || i FROM generate_series(240, 260) i;
+SELECT (SELECT count(*) FROM badge) AS badges, (SELECT count(*) FROM device) AS devices;
+SELECT sor.unregister_table('badge'), sor.unregister_table('device');
+DROP TABLE badge, device;
+DELETE FROM sor.owner_entry WHERE domain IN ('badge', 'device');
+DELETE FROM sor.domain WHERE name IN ('badge', 'device');
 SELECT sor.unregister_table('wallet'), sor.unregister_table('ledger');
 DROP TABLE wallet, ledger;
 DELETE FROM sor.owner_entry WHERE domain IN ('wallet', 'ledger');

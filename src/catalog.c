@@ -42,6 +42,7 @@
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
+#include "utils/uuid.h"
 
 #include "sor.h"
 
@@ -564,6 +565,7 @@ sor_lookup_table(Oid relid)
 	table = hash_search(table_cache, &relid, HASH_ENTER, NULL);
 	table->domain = domain;
 	table->key_attnum = attnum;
+	table->key_base_type = getBaseType(atttype);
 	table->key_output = key_output;
 	last_table = table;
 	last_table_generation = cache_generation;
@@ -651,6 +653,16 @@ default_ownership(SorDomain *domain, SorOwnership *result)
  * progress must not claim it does.  Tried again at the next miss.
  */
 static void
+entries_not_cached(SorDomain *domain)
+{
+	domain->entries_cached = SOR_ENTRIES_NOT_YET;
+	if (domain->entry_digests != NULL)
+		pfree(domain->entry_digests);
+	domain->entry_digests = NULL;
+	domain->n_entry_digests = 0;
+}
+
+static void
 forget_entries_cached(const char *domain_name)
 {
 	HASH_SEQ_STATUS status;
@@ -664,12 +676,81 @@ forget_entries_cached(const char *domain_name)
 		strlcpy(hashkey, domain_name, sizeof(hashkey));
 		domain = hash_search(domain_cache, hashkey, HASH_FIND, NULL);
 		if (domain != NULL)
-			domain->entries_cached = SOR_ENTRIES_NOT_YET;
+			entries_not_cached(domain);
 		return;
 	}
 	hash_seq_init(&status, domain_cache);
 	while ((domain = hash_seq_search(&status)) != NULL)
-		domain->entries_cached = SOR_ENTRIES_NOT_YET;
+		entries_not_cached(domain);
+}
+
+/*
+ * A digest of a key's value, made without its text form: keys with the
+ * same canonical text have the same digest.  An integer's is its value; a
+ * text's or a uuid's is a hash of its bytes, which its canonical text
+ * spells out one for one.  false for a type outside the key families (see
+ * sor_key_family_type()).
+ */
+static bool
+key_digest(Oid base_type, Datum value, uint64 *digest)
+{
+	switch (base_type)
+	{
+		case INT2OID:
+			*digest = (uint64) (int64) DatumGetInt16(value);
+			return true;
+		case INT4OID:
+			*digest = (uint64) (int64) DatumGetInt32(value);
+			return true;
+		case INT8OID:
+			*digest = (uint64) DatumGetInt64(value);
+			return true;
+		case TEXTOID:
+		case VARCHAROID:
+			{
+				text	   *t = DatumGetTextPP(value);
+
+				*digest = hash_bytes_extended((unsigned char *) VARDATA_ANY(t),
+											  VARSIZE_ANY_EXHDR(t), 0);
+				return true;
+			}
+		case UUIDOID:
+			*digest = hash_bytes_extended(DatumGetUUIDP(value)->data,
+										  UUID_LEN, 0);
+			return true;
+		default:
+			return false;
+	}
+}
+
+static int
+digest_cmp(const void *a, const void *b)
+{
+	uint64		x = *(const uint64 *) a;
+	uint64		y = *(const uint64 *) b;
+
+	return (x > y) - (x < y);
+}
+
+/*
+ * Whether key, a value of table's key column, surely has no ownership
+ * entry, told without its text form: every entry of its domain is cached,
+ * and none has the key's digest.  false if not known.  For bulk writes,
+ * which need neither the text nor the hash for a lock (sor_lookup_owner()
+ * then takes a NULL key).
+ */
+bool
+sor_key_has_no_entry(SorTable *table, Datum key)
+{
+	SorDomain  *domain = table->domain;
+	uint64		digest;
+
+	if (domain->entries_cached != SOR_ENTRIES_ALL ||
+		domain->entry_digests == NULL ||
+		!key_digest(table->key_base_type, key, &digest))
+		return false;
+	return bsearch(&digest, domain->entry_digests, domain->n_entry_digests,
+				   sizeof(uint64), digest_cmp) == NULL;
 }
 
 /* Put the ownership of (domain, key) into the ownership cache. */
@@ -721,6 +802,10 @@ preload_entries(SorDomain *domain)
 	HeapTuple	tuple;
 	int			n = 0;
 
+	uint64	   *digests = palloc(sizeof(uint64) * SOR_DOMAIN_PRELOAD_MAX);
+	bool		digested = true;
+
+	entries_not_cached(domain);
 	domain->entries_cached = SOR_ENTRIES_SOME;
 	ScanKeyInit(&scankey, Anum_owner_entry_domain, BTEqualStrategyNumber,
 				F_TEXTEQ, CStringGetTextDatum(domain->name));
@@ -742,6 +827,11 @@ preload_entries(SorDomain *domain)
 		ownership_of_entry(domain, key, values, &ownership);
 		cache_ownership(domain, key, sor_record_hash(domain->name, key),
 						&ownership);
+		digested = digested &&
+			key_digest(domain->key_type,
+					   InputFunctionCall(&domain->key_input, key,
+										 domain->key_ioparam, -1),
+					   &digests[n - 1]);
 		pfree(key);
 	}
 	systable_endscan(scan);
@@ -750,7 +840,18 @@ preload_entries(SorDomain *domain)
 
 	/* unless the cache lost some of them meanwhile (then it is NOT_YET) */
 	if (n <= SOR_DOMAIN_PRELOAD_MAX && domain->entries_cached == SOR_ENTRIES_SOME)
+	{
 		domain->entries_cached = SOR_ENTRIES_ALL;
+		if (digested)
+		{
+			qsort(digests, n, sizeof(uint64), digest_cmp);
+			domain->entry_digests = MemoryContextAlloc(cache_context,
+													   sizeof(uint64) * Max(n, 1));
+			memcpy(domain->entry_digests, digests, sizeof(uint64) * n);
+			domain->n_entry_digests = n;
+		}
+	}
+	pfree(digests);
 }
 
 /* Whether a text Datum is value. */
@@ -841,8 +942,9 @@ cached_ownership(SorDomain *domain, const char *key, uint64 record_hash,
 /*
  * Who owns (domain, key): its ownership entry, else the domain's default
  * owner, else nobody.  key must be in canonical form, record_hash its
- * sor_record_hash(); both may be left out (NULL, 0) for a domain without
- * entries (!has_entries).  write_locked: the caller holds the record's
+ * sor_record_hash(); both may be left out (NULL, 0) for a key known to have
+ * no entry (!has_entries, or sor_key_has_no_entry()).  write_locked: the
+ * caller holds the record's
  * write lock (sor_lock_record_for_write()), so what a probe finds may be
  * shared with other backends (shared_cache.c).
  *
@@ -861,8 +963,8 @@ sor_lookup_owner(SorDomain *domain, const char *key, uint64 record_hash,
 
 	load_catalog();
 
-	/* a domain without entries: no lookup, nothing to cache */
-	if (!domain->has_entries)
+	/* a key without an entry: no lookup, nothing to cache */
+	if (!domain->has_entries || key == NULL)
 	{
 		default_ownership(domain, result);
 		return;

@@ -199,12 +199,13 @@ lock_record(Relation rel, HeapTuple tuple, Datum *key, SorOwnership *owner)
 
 	/*
 	 * A bulk write that holds its domain's lock: no hand-off of the domain
-	 * can commit before it ends, so no lock calls; and if every key falls to
-	 * the default owner, no lookup either.
+	 * can commit before it ends, so no lock calls; and for a key known to
+	 * fall to the default owner, no text form and no lookup either.
 	 */
 	if (sor_domain_write_locked(table->domain->name))
 	{
-		if (!table->domain->has_entries)
+		if (!table->domain->has_entries ||
+			sor_key_has_no_entry(table, *key))
 		{
 			sor_lookup_owner(table->domain, NULL, 0, true, owner);
 			return table;
