@@ -1070,8 +1070,11 @@ BEGIN
         taken := taken + 1;
     END LOOP;
 
-    -- records with an entry of their own; lock their domains first, so
-    -- that waiting for writers cannot deadlock with them
+    -- records with an entry of their own: their rows first (the order of
+    -- begin_handoff), then their domains, so that waiting for writers
+    -- cannot deadlock with them
+    PERFORM FROM @extschema@.owner_entry
+      WHERE site = failed_site ORDER BY domain, key FOR UPDATE;
     PERFORM @extschema@.lock_domain_for_handoff(dm)
        FROM (SELECT DISTINCT domain FROM @extschema@.owner_entry
               WHERE site = failed_site ORDER BY 1) AS t(dm);

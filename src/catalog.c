@@ -647,11 +647,7 @@ default_ownership(SorDomain *domain, SorOwnership *result)
 	}
 }
 
-/*
- * The ownership cache is about to lose entries of a domain (domain_name
- * NULL: of every domain): it no longer holds them all, and a preload in
- * progress must not claim it does.  Tried again at the next miss.
- */
+/* domain's entries are not all cached (any more), nor their digests. */
 static void
 entries_not_cached(SorDomain *domain)
 {
@@ -662,6 +658,11 @@ entries_not_cached(SorDomain *domain)
 	domain->n_entry_digests = 0;
 }
 
+/*
+ * The ownership cache is about to lose entries of a domain (domain_name
+ * NULL: of every domain): it no longer holds them all, and a preload in
+ * progress must not claim it does.  Tried again at the next miss.
+ */
 static void
 forget_entries_cached(const char *domain_name)
 {
@@ -790,7 +791,8 @@ cache_ownership(SorDomain *domain, const char *key, uint64 record_hash,
 
 /*
  * Read every ownership entry of domain into the ownership cache, if it has
- * at most SOR_DOMAIN_PRELOAD_MAX; sets domain->entries_cached.
+ * at most SOR_DOMAIN_PRELOAD_MAX; sets domain->entries_cached, and with
+ * SOR_ENTRIES_ALL the entries' key digests (sor_key_has_no_entry()).
  */
 static void
 preload_entries(SorDomain *domain)
@@ -801,11 +803,9 @@ preload_entries(SorDomain *domain)
 	SysScanDesc scan;
 	HeapTuple	tuple;
 	int			n = 0;
-
 	uint64	   *digests = palloc(sizeof(uint64) * SOR_DOMAIN_PRELOAD_MAX);
 	bool		digested = true;
 
-	entries_not_cached(domain);
 	domain->entries_cached = SOR_ENTRIES_SOME;
 	ScanKeyInit(&scankey, Anum_owner_entry_domain, BTEqualStrategyNumber,
 				F_TEXTEQ, CStringGetTextDatum(domain->name));
@@ -944,9 +944,8 @@ cached_ownership(SorDomain *domain, const char *key, uint64 record_hash,
  * owner, else nobody.  key must be in canonical form, record_hash its
  * sor_record_hash(); both may be left out (NULL, 0) for a key known to have
  * no entry (!has_entries, or sor_key_has_no_entry()).  write_locked: the
- * caller holds the record's
- * write lock (sor_lock_record_for_write()), so what a probe finds may be
- * shared with other backends (shared_cache.c).
+ * caller holds the record's write lock (sor_lock_record_for_write()), so
+ * what a probe finds may be shared with other backends (shared_cache.c).
  *
  * A domain with few entries is read whole at its first miss; after that a
  * key that is not in the cache has no entry, and its answer needs no index
