@@ -44,22 +44,27 @@ queue_clean() {
         -c "VACUUM sor.command, sor.command_group, bench_queue" >/dev/null
 }
 
-# fill_sor GROUPS TOTAL PER_TX: sor's queue, filled with the workers
-# stopped.
+# fill_sor GROUPS TOTAL PER_TX [MARK]: sor's queue, filled with the
+# workers stopped; the drain's MARK-th command stamps its end.
 fill_sor() {
     set_workers 0
     queue_clean
-    sql queue -c "CALL bench_reset($2, $1)" -c "CALL bench_fill('sor', 1, $2, $1, $3)"
+    sql queue -c "CALL bench_reset($2, $1, ${4:-0})" -c "CALL bench_fill('sor', 1, $2, $1, $3)"
 }
 
-# drain_sor GROUPS TOTAL PER_TX LABEL: prints the rate; leaves the
-# workers running and the queue empty.
+# drain_sor GROUPS TOTAL PER_TX LABEL [MARK]: prints the rate (with MARK,
+# that of the first MARK commands); leaves the workers running and the
+# queue empty.
 drain_sor() {
     local label=$4 rate
-    fill_sor "$1" "$2" "$3"
+    fill_sor "$1" "$2" "$3" "${5:-0}"
     set_workers 2
     wait_sor_empty "$cap" || log "  sor stopped after ${cap}s ($label)"
-    rate=$(sql queue -c "SELECT bench_rate()")
+    if [ -n "${5:-}" ]; then
+        rate=$(sql queue -c "SELECT bench_rate_first()")
+    else
+        rate=$(sql queue -c "SELECT bench_rate()")
+    fi
     check_drain "$label" sor
     wait_sor_empty || die "sor's queue did not drain"
     echo "$rate"
@@ -156,22 +161,28 @@ queue_enqueue() {
 
 # Drain rate with a small and a large backlog (100 groups: full batches in
 # both); sizes of sor's tables with the large backlog waiting and drained.
+# Both are timed up to the end of their $backlog_small-th command (the
+# handler counts with a sequence): for the large backlog that is the drain
+# rate while the rest still waits (part backlog_first: the rate at that
+# backlog); the large backlog's whole drain is recorded too (part backlog).
 queue_backlog() {
-    local r rate
+    local r rate first
     for ((r = 1; r <= queue_rounds; r++)); do
-        rate=$(drain_sor 100 "$backlog_small" "$per_tx" "backlog $backlog_small")
+        rate=$(drain_sor 100 "$backlog_small" "$per_tx" "backlog $backlog_small" "$backlog_small")
         record backlog "$backlog_small" sor "$r" "$rate" "cmds/s"
         log "  backlog $backlog_small, round $r: sor $rate/s"
     done
-    fill_sor 100 "$backlog_large" "$per_tx"
+    fill_sor 100 "$backlog_large" "$per_tx" "$backlog_small"
     record_sizes "backlog $backlog_large: waiting"
     set_workers 2
     wait_sor_empty 1800 || die "sor's queue did not drain"
     rate=$(sql queue -c "SELECT bench_rate()")
+    first=$(sql queue -c "SELECT bench_rate_first()")
     check_drain "backlog $backlog_large" sor
     record backlog "$backlog_large" sor 1 "$rate" "cmds/s"
+    record backlog_first "$backlog_large" sor 1 "$first" "cmds/s"
     record_sizes "backlog $backlog_large: drained"
-    log "  backlog $backlog_large: sor $rate/s"
+    log "  backlog $backlog_large: sor $rate/s, its first $backlog_small: $first/s"
 }
 
 # record_sizes STAGE: sizes of sor.command and sor.command_group.

@@ -6,7 +6,9 @@ CREATE EXTENSION sor;
 
 -- One row per group: how many of its commands ran, the last sequence
 -- number seen, how many arrived out of order, what was expected, and when
--- the first and last ran (the drain's duration).
+-- the first and last ran (the drain's duration); and, in the group that
+-- ran it, when the drain's mark-th command ended (mark 0: not stamped), to
+-- time the first commands of a drain (bench_rate_first()).
 CREATE TABLE bench_counter (
     grp         text COLLATE "C" PRIMARY KEY,
     n           bigint NOT NULL DEFAULT 0,
@@ -15,7 +17,9 @@ CREATE TABLE bench_counter (
     expected    bigint NOT NULL,
     max_seq     bigint NOT NULL,
     first_at    timestamptz,
-    last_at     timestamptz
+    last_at     timestamptz,
+    mark        bigint NOT NULL DEFAULT 0,
+    mark_at     timestamptz
 );
 -- Its hundred rows are updated a million times in a drain, faster than
 -- autovacuum cleans them up, so the table grows to hundreds of pages while
@@ -36,7 +40,10 @@ BEGIN
     UPDATE bench_counter
        SET n = n + 1, bad = bad + (seq <= last_seq)::int, last_seq = seq,
            first_at = coalesce(first_at, clock_timestamp()),
-           last_at = clock_timestamp()
+           last_at = clock_timestamp(),
+           mark_at = CASE WHEN mark = 0 THEN mark_at
+                          WHEN nextval('bench_done') = mark THEN clock_timestamp()
+                          ELSE mark_at END
      WHERE grp = p->>'g';
 END
 $$;
@@ -75,13 +82,18 @@ CREATE TABLE bench_queue (
 );
 CREATE INDEX ON bench_queue (group_key, id);
 
+-- Commands run by the handler while a mark is set.
+CREATE SEQUENCE bench_done;
+
 -- Expected counts for commands 1..total over groups 'g0'..: command i is
--- for group i % groups, with sequence number i.
-CREATE PROCEDURE bench_reset(total bigint, groups int)
+-- for group i % groups, with sequence number i.  The drain's mark-th
+-- command stamps its end (see bench_rate_first()).
+CREATE PROCEDURE bench_reset(total bigint, groups int, mark bigint DEFAULT 0)
     LANGUAGE sql AS $$
     TRUNCATE bench_counter;
-    INSERT INTO bench_counter (grp, expected, max_seq)
-    SELECT 'g' || (i % groups), count(*), max(i)
+    ALTER SEQUENCE bench_done RESTART;
+    INSERT INTO bench_counter (grp, expected, max_seq, mark)
+    SELECT 'g' || (i % groups), count(*), max(i), bench_reset.mark
       FROM generate_series(1, total) i GROUP BY 1;
 $$;
 
@@ -137,6 +149,15 @@ CREATE FUNCTION bench_rate() RETURNS numeric
     LANGUAGE sql AS $$
     SELECT coalesce(round(sum(n) / nullif(extract(epoch FROM max(last_at) - min(first_at)), 0)), 0)
       FROM bench_counter;
+$$;
+
+-- Commands per second of the first mark commands of the last drain, from
+-- the first one's start to the end of the mark-th (0 if it did not run):
+-- of a queue that holds many more, the drain rate at that backlog.
+CREATE FUNCTION bench_rate_first() RETURNS numeric
+    LANGUAGE sql AS $$
+    SELECT coalesce(round(max(mark) / nullif(extract(epoch FROM max(mark_at) - min(first_at)), 0)), 0)
+      FROM bench_counter WHERE mark > 0;
 $$;
 
 -- Sizes of sor's queue tables (bytes).
