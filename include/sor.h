@@ -40,6 +40,7 @@
 #define SOR_LOCK_DOMAIN		0x5302	/* one domain */
 #define SOR_LOCK_GROUP		0x5303	/* the consumer of one command group */
 #define SOR_LOCK_ENQUEUE	0x5304	/* the producers of one command group */
+#define SOR_LOCK_PREPARED_WRITE	0x5305	/* one record, by a prepared writer */
 
 /*
  * A transaction that writes more distinct records of one domain than this
@@ -147,6 +148,7 @@ extern Oid	sor_key_family_type(Oid typid);
 extern bool sor_is_catalog_relation(Oid relid);
 
 /* lock.c */
+extern void sor_lock_init(void);
 extern uint64 sor_record_hash(const char *domain, const char *key);
 extern void sor_lock_record_for_write(const char *domain, uint64 record_hash);
 extern bool sor_domain_write_locked(const char *domain);

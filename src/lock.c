@@ -39,6 +39,42 @@
  * domain lock and waits for one of our record locks): when the domain lock
  * is not free at once, more record locks are taken instead.
  *
+ * Published records.  A record lock in the shared lock table costs a
+ * writer a partition lock and two shared hash table entries to take, and
+ * as much again to release at commit: the largest part of what sor adds to
+ * a single-row write.  With sor in shared_preload_libraries, the first
+ * SOR_PUBLISHED_RECORDS records that a transaction writes are instead
+ * published in the backend's own slot of shared memory, with the
+ * transaction's virtual transaction ID, under the slot's spinlock, which
+ * only a hand-off ever contends for.  A hand-off of a record
+ *
+ *	1. announces itself: it counts one more hand-off in progress in the
+ *	   record's stripe (one of SOR_HANDOFF_STRIPES counters, by hash);
+ *	2. takes the record's exclusive lock, as it always does, which waits
+ *	   for writers that hold the record's lock in the lock table;
+ *	3. reads every slot and waits for the transaction of each slot that
+ *	   publishes the record (VirtualXactLock(), a lock-table wait that the
+ *	   deadlock detector sees);
+ *	4. takes the lock of the record's prepared writers (below).
+ *
+ * A writer publishes a record only while the record's stripe counts no
+ * hand-off, and reads the counter under its slot's spinlock.  A hand-off
+ * announces before it takes any slot's spinlock, so for every slot either
+ * the writer saw the announcement, and takes the record's lock in the lock
+ * table instead (which waits for the hand-off to end), or the hand-off sees
+ * the published record and waits for it.  The count is taken back after
+ * the hand-off's transaction has sent its invalidations and released its
+ * locks (a resource release callback), so a writer that publishes after it
+ * and then takes in invalidations sees the new owner.  A slot's records
+ * stay published until the transaction ends, or the subtransaction that
+ * published them rolls back; a hand-off that found one waits for the
+ * whole transaction, which may be longer than it must, never less.
+ *
+ * PREPARE TRANSACTION hands the transaction to a process that has no slot:
+ * a prepared writer first takes a lock-table lock for each record it
+ * published (prepare_record_locks()), and a transaction that announced
+ * hand-offs cannot be prepared.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -47,12 +83,70 @@
 #include "common/hashfn.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
+#include "port/atomics.h"
+#include "storage/ipc.h"
 #include "storage/lock.h"
 #include "storage/proc.h"
+#include "storage/shmem.h"
+#include "storage/spin.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
+#include "utils/memutils.h"
+#include "utils/resowner.h"
 
 #include "sor.h"
+
+/* Records a transaction may publish in its slot (then the lock table). */
+#define SOR_PUBLISHED_RECORDS	SOR_LOCK_ESCALATION_THRESHOLD
+
+/* Counters of hand-offs in progress, one per stripe of record hashes. */
+#define SOR_HANDOFF_STRIPES		4096
+
+/* The index of this process among all PGPROCs. */
+#if PG_VERSION_NUM >= 170000
+#define MyProcIndex				MyProcNumber
+#else
+#define MyProcIndex				(MyProc->pgprocno)
+#endif
+
+/* One backend's published records, of the transaction vxid. */
+typedef struct PublishedRecords
+{
+	slock_t		mutex;
+	int			nrecords;
+	VirtualTransactionId vxid;
+	uint64		records[SOR_PUBLISHED_RECORDS];
+} PublishedRecords;
+
+/* A slot on cache lines of its own: backends never share one. */
+typedef union PublishedRecordsSlot
+{
+	PublishedRecords slot;
+	char		pad[3 * PG_CACHE_LINE_SIZE];
+} PublishedRecordsSlot;
+
+StaticAssertDecl(sizeof(PublishedRecords) <= 3 * PG_CACHE_LINE_SIZE,
+				 "PublishedRecords does not fit its padding");
+
+typedef struct RecordLockShmem
+{
+	pg_atomic_uint32 handoffs[SOR_HANDOFF_STRIPES];
+	int			nslots;
+	PublishedRecordsSlot slots[FLEXIBLE_ARRAY_MEMBER];
+} RecordLockShmem;
+
+static RecordLockShmem *record_locks = NULL;
+
+/* The subtransaction that published each record of this backend's slot. */
+static SubTransactionId published_in[SOR_PUBLISHED_RECORDS];
+
+/* The stripes this transaction announced hand-offs in (may repeat). */
+static int *announced = NULL;
+static int	n_announced = 0;
+static int	max_announced = 0;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
 static void
 set_domain_tag(LOCKTAG *tag, const char *domain)
@@ -78,10 +172,274 @@ sor_record_hash(const char *domain, const char *key)
 }
 
 static void
-set_record_tag(LOCKTAG *tag, uint64 record_hash)
+set_record_tag(LOCKTAG *tag, uint64 record_hash, uint16 lock_class)
 {
 	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, (uint32) (record_hash >> 32),
-						 (uint32) record_hash, SOR_LOCK_RECORD);
+						 (uint32) record_hash, lock_class);
+}
+
+static Size
+record_locks_size(void)
+{
+	return add_size(offsetof(RecordLockShmem, slots),
+					mul_size(MaxBackends, sizeof(PublishedRecordsSlot)));
+}
+
+static void
+record_locks_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(record_locks_size());
+}
+
+static void
+record_locks_shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	record_locks = ShmemInitStruct("sor record locks", record_locks_size(),
+								   &found);
+	if (!found)
+	{
+		for (int i = 0; i < SOR_HANDOFF_STRIPES; i++)
+			pg_atomic_init_u32(&record_locks->handoffs[i], 0);
+		record_locks->nslots = MaxBackends;
+		for (int i = 0; i < MaxBackends; i++)
+		{
+			PublishedRecords *slot = &record_locks->slots[i].slot;
+
+			SpinLockInit(&slot->mutex);
+			slot->nrecords = 0;
+		}
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/* This backend's slot, or NULL (no shared memory, or no slot for it). */
+static PublishedRecords *
+my_slot(void)
+{
+	if (record_locks == NULL || MyProc == NULL ||
+		MyProcIndex >= record_locks->nslots)
+		return NULL;
+	return &record_locks->slots[MyProcIndex].slot;
+}
+
+/*
+ * Publish a record that this transaction writes, unless its slot is full
+ * or a hand-off is in progress in the record's stripe (see the header
+ * comment).  Returns whether the record is published; *newly tells whether
+ * it was not before.
+ */
+static bool
+publish_record(uint64 record_hash, bool *newly)
+{
+	PublishedRecords *slot = my_slot();
+	pg_atomic_uint32 *handoffs;
+	VirtualTransactionId vxid;
+
+	*newly = false;
+	if (slot == NULL)
+		return false;
+
+	/* only this backend changes its slot: it reads it without the spinlock */
+	GET_VXID_FROM_PGPROC(vxid, *MyProc);
+	if (VirtualTransactionIdEquals(slot->vxid, vxid))
+	{
+		for (int i = 0; i < slot->nrecords; i++)
+		{
+			if (slot->records[i] == record_hash)
+				return true;
+		}
+		if (slot->nrecords >= SOR_PUBLISHED_RECORDS)
+			return false;
+	}
+
+	handoffs = &record_locks->handoffs[record_hash % SOR_HANDOFF_STRIPES];
+	SpinLockAcquire(&slot->mutex);
+	if (pg_atomic_read_u32(handoffs) == 0)
+	{
+		if (!VirtualTransactionIdEquals(slot->vxid, vxid))
+		{
+			slot->vxid = vxid;
+			slot->nrecords = 0;
+		}
+		published_in[slot->nrecords] = GetCurrentSubTransactionId();
+		slot->records[slot->nrecords++] = record_hash;
+		*newly = true;
+	}
+	SpinLockRelease(&slot->mutex);
+
+	/*
+	 * The invalidations that a hand-off sent before its count went down are
+	 * seen by the caller's AcceptInvalidationMessages() from here on.
+	 */
+	if (*newly)
+		pg_memory_barrier();
+	return *newly;
+}
+
+/*
+ * Count a hand-off of a record in progress until the transaction ends.
+ * Without shared memory it is only remembered, for PREPARE.
+ */
+static void
+announce_handoff(uint64 record_hash)
+{
+	int			stripe = record_hash % SOR_HANDOFF_STRIPES;
+
+	if (n_announced == max_announced)
+	{
+		int			n = Max(16, 2 * max_announced);
+
+		announced = announced == NULL ?
+			MemoryContextAlloc(TopMemoryContext, n * sizeof(int)) :
+			repalloc(announced, n * sizeof(int));
+		max_announced = n;
+	}
+	if (record_locks != NULL)
+		pg_atomic_fetch_add_u32(&record_locks->handoffs[stripe], 1);
+	announced[n_announced++] = stripe;
+}
+
+/*
+ * Wait for every other transaction that has published a record: after its
+ * hand-off was announced, no more can publish it.
+ */
+static void
+wait_for_publishers(uint64 record_hash)
+{
+	if (record_locks == NULL)
+		return;
+
+	for (int i = 0; i < record_locks->nslots; i++)
+	{
+		PublishedRecords *slot = &record_locks->slots[i].slot;
+		VirtualTransactionId vxid;
+		bool		published = false;
+
+		if (slot == my_slot())
+			continue;
+		SpinLockAcquire(&slot->mutex);
+		for (int j = 0; j < slot->nrecords && !published; j++)
+			published = slot->records[j] == record_hash;
+		vxid = slot->vxid;
+		SpinLockRelease(&slot->mutex);
+
+		/* returns at once if that transaction has ended */
+		if (published)
+			(void) VirtualXactLock(vxid, true);
+	}
+}
+
+/*
+ * At the end of a transaction, after its invalidations are sent and its
+ * locks released: the hand-offs it announced are over.
+ */
+static void
+end_announced_handoffs(ResourceReleasePhase phase, bool isCommit,
+					   bool isTopLevel, void *arg)
+{
+	if (phase != RESOURCE_RELEASE_AFTER_LOCKS || !isTopLevel)
+		return;
+	for (int i = 0; i < n_announced && record_locks != NULL; i++)
+		pg_atomic_fetch_sub_u32(&record_locks->handoffs[announced[i]], 1);
+	n_announced = 0;
+}
+
+/*
+ * A rolled back subtransaction takes back the records it published, as it
+ * releases the locks it took: those published in it or in any of its
+ * subtransactions, which all started after it.
+ */
+static void
+unpublish_aborted_records(SubXactEvent event, SubTransactionId mySubid,
+						  SubTransactionId parentSubid, void *arg)
+{
+	PublishedRecords *slot = my_slot();
+	VirtualTransactionId vxid;
+	int			kept = 0;
+
+	if (event != SUBXACT_EVENT_ABORT_SUB || slot == NULL)
+		return;
+	GET_VXID_FROM_PGPROC(vxid, *MyProc);
+	if (!VirtualTransactionIdEquals(slot->vxid, vxid))
+		return;
+
+	SpinLockAcquire(&slot->mutex);
+	for (int i = 0; i < slot->nrecords; i++)
+	{
+		if (published_in[i] < mySubid)
+		{
+			published_in[kept] = published_in[i];
+			slot->records[kept++] = slot->records[i];
+		}
+	}
+	slot->nrecords = kept;
+	SpinLockRelease(&slot->mutex);
+}
+
+/*
+ * Before PREPARE TRANSACTION: the prepared transaction keeps the locks of
+ * the lock table only, so take them for the published records; refuse if
+ * this transaction announced hand-offs, which no one could take back (with
+ * or without shared memory, so that a transaction behaves the same).
+ *
+ * A hand-off of a published record may hold the record's lock already and
+ * wait for this transaction: so a prepared writer takes a lock of another
+ * class, SOR_LOCK_PREPARED_WRITE, which a hand-off takes only after that
+ * wait, when this transaction is prepared.
+ */
+static void
+prepare_record_locks(XactEvent event, void *arg)
+{
+	PublishedRecords *slot = my_slot();
+	VirtualTransactionId vxid;
+
+	if (event != XACT_EVENT_PRE_PREPARE)
+		return;
+	if (n_announced > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot PREPARE a transaction that has changed the owner of a record"),
+				 errhint("Change ownership in a transaction that commits at once.")));
+
+	if (slot == NULL)
+		return;
+	GET_VXID_FROM_PGPROC(vxid, *MyProc);
+	if (!VirtualTransactionIdEquals(slot->vxid, vxid))
+		return;
+	for (int i = 0; i < slot->nrecords; i++)
+	{
+		LOCKTAG		tag;
+
+		set_record_tag(&tag, slot->records[i], SOR_LOCK_PREPARED_WRITE);
+		(void) LockAcquire(&tag, ShareLock, false, false);
+	}
+}
+
+/*
+ * Called from _PG_init.  Without shared_preload_libraries there is no
+ * shared memory: every record lock is then taken in the lock table.
+ */
+void
+sor_lock_init(void)
+{
+	RegisterResourceReleaseCallback(end_announced_handoffs, NULL);
+	RegisterXactCallback(prepare_record_locks, NULL);
+	RegisterSubXactCallback(unpublish_aborted_records, NULL);
+
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = record_locks_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = record_locks_shmem_startup;
 }
 
 /* Per domain: the locks the current transaction holds for writing. */
@@ -148,7 +506,8 @@ sor_domain_write_locked(const char *domain)
 }
 
 /*
- * Lock a record for writing until the end of the transaction.
+ * Lock a record for writing until the end of the transaction: publish it
+ * in this backend's slot, or else take its lock in the lock table.
  *
  * When a lock is newly granted the caller may have waited for a hand-off to
  * commit, so the invalidations it sent are taken in here; the caller must
@@ -178,8 +537,15 @@ sor_lock_record_for_write(const char *domain, uint64 record_hash)
 	}
 	else
 	{
-		set_record_tag(&tag, record_hash);
-		if (LockAcquire(&tag, ShareLock, false, false) != LOCKACQUIRE_ALREADY_HELD)
+		bool		newly;
+
+		if (!publish_record(record_hash, &newly))
+		{
+			set_record_tag(&tag, record_hash, SOR_LOCK_RECORD);
+			newly = (LockAcquire(&tag, ShareLock, false, false) !=
+					 LOCKACQUIRE_ALREADY_HELD);
+		}
+		if (newly)
 		{
 			newly_locked = true;
 			if (++state->record_locks > SOR_LOCK_ESCALATION_THRESHOLD)
@@ -213,7 +579,8 @@ lock_domain_without_waiting(const char *domain)
 
 /*
  * Lock a record for a change of its owner until the end of the transaction:
- * waits for every open transaction that has written the record.
+ * waits for every open transaction that has written the record, whether it
+ * holds the record's lock or published the record.
  *
  * A transaction that hands off many records (sor.takeover_site(), or its
  * replicated copy) locks their whole domain after
@@ -239,11 +606,17 @@ sor_lock_record_for_handoff(const char *domain, const char *key)
 	}
 	else
 	{
+		uint64		record_hash = sor_record_hash(domain, key);
+
+		announce_handoff(record_hash);
 		set_domain_tag(&tag, domain);
 		(void) LockAcquire(&tag, RowExclusiveLock, false, false);
-		set_record_tag(&tag, sor_record_hash(domain, key));
+		set_record_tag(&tag, record_hash, SOR_LOCK_RECORD);
 		if (LockAcquire(&tag, ExclusiveLock, false, false) != LOCKACQUIRE_ALREADY_HELD)
 			handoff_locks++;
+		wait_for_publishers(record_hash);
+		set_record_tag(&tag, record_hash, SOR_LOCK_PREPARED_WRITE);
+		(void) LockAcquire(&tag, ExclusiveLock, false, false);
 	}
 	AcceptInvalidationMessages();
 }

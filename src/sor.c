@@ -77,6 +77,7 @@ _PG_init(void)
 	MarkGUCPrefixReserved("sor");
 
 	sor_cache_init();
+	sor_lock_init();
 	sor_shared_cache_init();
 	sor_stats_init();
 	sor_queue_init();
