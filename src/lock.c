@@ -26,8 +26,10 @@
  *						transaction that hands off many records of it
  *
  * Changes that affect many records at once must also wait for writers that
- * hold only record locks.  For them every writer holds AccessShareLock on
- * the relation sor.write_fence, which they lock AccessExclusive.  A weak
+ * hold only record locks.  For them every writer that takes a record lock
+ * holds AccessShareLock on the relation sor.write_fence, which they lock
+ * AccessExclusive (and writers that publish records, below, they find in
+ * the writers' slots).  A weak
  * relation lock takes PostgreSQL's fast path: it never touches the shared
  * lock table, so all writers taking it costs them nothing, where a shared
  * lock on one object per domain made every writer of the domain contend for
@@ -46,7 +48,8 @@
  * SOR_PUBLISHED_RECORDS records that a transaction writes are instead
  * published in the backend's own slot of shared memory, with the
  * transaction's virtual transaction ID, under the slot's spinlock, which
- * only a hand-off ever contends for.  A hand-off of a record
+ * only a hand-off ever contends for; such a writer takes no lock at all,
+ * not even sor.write_fence's.  A hand-off of a record
  *
  *	1. announces itself: it counts one more hand-off in progress in the
  *	   record's stripe (one of SOR_HANDOFF_STRIPES counters, by hash);
@@ -57,8 +60,12 @@
  *	   deadlock detector sees);
  *	4. takes the lock of the record's prepared writers (below).
  *
- * A writer publishes a record only while the record's stripe counts no
- * hand-off, and reads the counter under its slot's spinlock.  A hand-off
+ * A change that waits for the writers of every record does the same with a
+ * counter of its own (SOR_EVERY_RECORD), which every writer also reads, and
+ * waits for every transaction that has published any record.
+ *
+ * A writer publishes a record only while the record's stripe and that
+ * counter count no hand-off, and reads them under its slot's spinlock.  A hand-off
  * announces before it takes any slot's spinlock, so for every slot either
  * the writer saw the announcement, and takes the record's lock in the lock
  * table instead (which waits for the hand-off to end), or the hand-off sees
@@ -99,8 +106,12 @@
 /* Records a transaction may publish in its slot (then the lock table). */
 #define SOR_PUBLISHED_RECORDS	SOR_LOCK_ESCALATION_THRESHOLD
 
-/* Counters of hand-offs in progress, one per stripe of record hashes. */
+/*
+ * Counters of hand-offs in progress: one per stripe of record hashes, and
+ * one more for the changes that wait for the writers of every record.
+ */
 #define SOR_HANDOFF_STRIPES		4096
+#define SOR_EVERY_RECORD		SOR_HANDOFF_STRIPES
 
 /* The index of this process among all PGPROCs. */
 #if PG_VERSION_NUM >= 170000
@@ -130,12 +141,15 @@ StaticAssertDecl(sizeof(PublishedRecords) <= 3 * PG_CACHE_LINE_SIZE,
 
 typedef struct RecordLockShmem
 {
-	pg_atomic_uint32 handoffs[SOR_HANDOFF_STRIPES];
+	pg_atomic_uint32 handoffs[SOR_HANDOFF_STRIPES + 1];
 	int			nslots;
 	PublishedRecordsSlot slots[FLEXIBLE_ARRAY_MEMBER];
 } RecordLockShmem;
 
 static RecordLockShmem *record_locks = NULL;
+
+/* The key of the SOR_LOCK_PREPARED_WRITE lock that stands for every record */
+#define PREPARED_WRITE_OF_ANY_RECORD	0
 
 /* The subtransaction that published each record of this backend's slot. */
 static SubTransactionId published_in[SOR_PUBLISHED_RECORDS];
@@ -206,7 +220,7 @@ record_locks_shmem_startup(void)
 								   &found);
 	if (!found)
 	{
-		for (int i = 0; i < SOR_HANDOFF_STRIPES; i++)
+		for (int i = 0; i <= SOR_HANDOFF_STRIPES; i++)
 			pg_atomic_init_u32(&record_locks->handoffs[i], 0);
 		record_locks->nslots = MaxBackends;
 		for (int i = 0; i < MaxBackends; i++)
@@ -260,9 +274,10 @@ publish_record(uint64 record_hash, bool *newly)
 			return false;
 	}
 
-	handoffs = &record_locks->handoffs[record_hash % SOR_HANDOFF_STRIPES];
+	handoffs = record_locks->handoffs;
 	SpinLockAcquire(&slot->mutex);
-	if (pg_atomic_read_u32(handoffs) == 0)
+	if (pg_atomic_read_u32(&handoffs[record_hash % SOR_HANDOFF_STRIPES]) == 0 &&
+		pg_atomic_read_u32(&handoffs[SOR_EVERY_RECORD]) == 0)
 	{
 		if (!VirtualTransactionIdEquals(slot->vxid, vxid))
 		{
@@ -285,14 +300,13 @@ publish_record(uint64 record_hash, bool *newly)
 }
 
 /*
- * Count a hand-off of a record in progress until the transaction ends.
+ * Count a hand-off in progress in a stripe (SOR_EVERY_RECORD: a change that
+ * waits for the writers of every record) until the transaction ends.
  * Without shared memory it is only remembered, for PREPARE.
  */
 static void
-announce_handoff(uint64 record_hash)
+announce_handoff(int stripe)
 {
-	int			stripe = record_hash % SOR_HANDOFF_STRIPES;
-
 	if (n_announced == max_announced)
 	{
 		int			n = Max(16, 2 * max_announced);
@@ -307,15 +321,27 @@ announce_handoff(uint64 record_hash)
 	announced[n_announced++] = stripe;
 }
 
-/*
- * Wait for every other transaction that has published a record: after its
- * hand-off was announced, no more can publish it.
- */
+/* Take back the last announcement, of a change that did not go ahead. */
 static void
-wait_for_publishers(uint64 record_hash)
+withdraw_announcement(void)
+{
+	int			stripe = announced[--n_announced];
+
+	if (record_locks != NULL)
+		pg_atomic_fetch_sub_u32(&record_locks->handoffs[stripe], 1);
+}
+
+/*
+ * Wait for every other transaction that has published a record (any
+ * record, when record_hash is NULL): after the hand-off was announced, no
+ * more can publish it.  Without wait, returns false at once instead of
+ * waiting for a transaction that is still open.
+ */
+static bool
+wait_for_publishers(const uint64 *record_hash, bool wait)
 {
 	if (record_locks == NULL)
-		return;
+		return true;
 
 	for (int i = 0; i < record_locks->nslots; i++)
 	{
@@ -327,14 +353,15 @@ wait_for_publishers(uint64 record_hash)
 			continue;
 		SpinLockAcquire(&slot->mutex);
 		for (int j = 0; j < slot->nrecords && !published; j++)
-			published = slot->records[j] == record_hash;
+			published = record_hash == NULL || slot->records[j] == *record_hash;
 		vxid = slot->vxid;
 		SpinLockRelease(&slot->mutex);
 
-		/* returns at once if that transaction has ended */
-		if (published)
-			(void) VirtualXactLock(vxid, true);
+		/* returns true at once if that transaction has ended */
+		if (published && !VirtualXactLock(vxid, wait))
+			return false;
 	}
+	return true;
 }
 
 /*
@@ -393,31 +420,33 @@ unpublish_aborted_records(SubXactEvent event, SubTransactionId mySubid,
  * A hand-off of a published record may hold the record's lock already and
  * wait for this transaction: so a prepared writer takes a lock of another
  * class, SOR_LOCK_PREPARED_WRITE, which a hand-off takes only after that
- * wait, when this transaction is prepared.
+ * wait, when this transaction is prepared: one per record, and one that
+ * the changes waiting for the writers of every record take.
  */
 static void
 prepare_record_locks(XactEvent event, void *arg)
 {
 	PublishedRecords *slot = my_slot();
 	VirtualTransactionId vxid;
+	LOCKTAG		tag;
 
 	if (event != XACT_EVENT_PRE_PREPARE)
 		return;
 	if (n_announced > 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("cannot PREPARE a transaction that has changed the owner of a record"),
+				 errmsg("cannot PREPARE a transaction that has changed ownership"),
 				 errhint("Change ownership in a transaction that commits at once.")));
 
 	if (slot == NULL)
 		return;
 	GET_VXID_FROM_PGPROC(vxid, *MyProc);
-	if (!VirtualTransactionIdEquals(slot->vxid, vxid))
+	if (!VirtualTransactionIdEquals(slot->vxid, vxid) || slot->nrecords == 0)
 		return;
+	set_record_tag(&tag, PREPARED_WRITE_OF_ANY_RECORD, SOR_LOCK_PREPARED_WRITE);
+	(void) LockAcquire(&tag, ShareLock, false, false);
 	for (int i = 0; i < slot->nrecords; i++)
 	{
-		LOCKTAG		tag;
-
 		set_record_tag(&tag, slot->records[i], SOR_LOCK_PREPARED_WRITE);
 		(void) LockAcquire(&tag, ShareLock, false, false);
 	}
@@ -462,22 +491,27 @@ get_write_lock_state(const char *domain)
 	WriteLockState *state;
 	bool		found;
 
-	if (last_state != NULL && last_state->lxid == MyLocalTransactionId &&
-		strcmp(last_state->domain, domain) == 0)
-		return last_state;
-
-	if (write_lock_state == NULL)
+	/* the domain of the last call, often in the transaction after it */
+	if (last_state != NULL && strcmp(last_state->domain, domain) == 0)
 	{
-		HASHCTL		ctl;
-
-		ctl.keysize = sizeof(key);
-		ctl.entrysize = sizeof(WriteLockState);
-		write_lock_state = hash_create("sor write locks", 16, &ctl,
-									   HASH_ELEM | HASH_STRINGS);
+		state = last_state;
+		found = true;
 	}
-	memset(key, 0, sizeof(key));
-	strlcpy(key, domain, sizeof(key));
-	state = hash_search(write_lock_state, key, HASH_ENTER, &found);
+	else
+	{
+		if (write_lock_state == NULL)
+		{
+			HASHCTL		ctl;
+
+			ctl.keysize = sizeof(key);
+			ctl.entrysize = sizeof(WriteLockState);
+			write_lock_state = hash_create("sor write locks", 16, &ctl,
+										   HASH_ELEM | HASH_STRINGS);
+		}
+		memset(key, 0, sizeof(key));
+		strlcpy(key, domain, sizeof(key));
+		state = hash_search(write_lock_state, key, HASH_ENTER, &found);
+	}
 	if (!found || state->lxid != MyLocalTransactionId)
 	{
 		state->lxid = MyLocalTransactionId;
@@ -524,6 +558,17 @@ sor_lock_record_for_write(const char *domain, uint64 record_hash)
 	LOCKTAG		tag;
 	bool		newly_locked = false;
 
+	/* a published record needs no lock, not even sor.write_fence's */
+	if (!state->escalated && publish_record(record_hash, &newly_locked))
+	{
+		if (newly_locked)
+		{
+			state->record_locks++;
+			AcceptInvalidationMessages();
+		}
+		return;
+	}
+
 	SET_LOCKTAG_RELATION(tag, MyDatabaseId, sor_write_fence());
 	if (LockAcquire(&tag, AccessShareLock, false, false) != LOCKACQUIRE_ALREADY_HELD)
 		newly_locked = true;
@@ -537,15 +582,8 @@ sor_lock_record_for_write(const char *domain, uint64 record_hash)
 	}
 	else
 	{
-		bool		newly;
-
-		if (!publish_record(record_hash, &newly))
-		{
-			set_record_tag(&tag, record_hash, SOR_LOCK_RECORD);
-			newly = (LockAcquire(&tag, ShareLock, false, false) !=
-					 LOCKACQUIRE_ALREADY_HELD);
-		}
-		if (newly)
+		set_record_tag(&tag, record_hash, SOR_LOCK_RECORD);
+		if (LockAcquire(&tag, ShareLock, false, false) != LOCKACQUIRE_ALREADY_HELD)
 		{
 			newly_locked = true;
 			if (++state->record_locks > SOR_LOCK_ESCALATION_THRESHOLD)
@@ -564,17 +602,32 @@ sor_lock_record_for_write(const char *domain, uint64 record_hash)
 		AcceptInvalidationMessages();
 }
 
-/* Lock a whole domain as sor_lock_domain_for_handoff does, if free at once. */
+/*
+ * Lock a whole domain as sor_lock_domain_for_handoff does, if that needs no
+ * wait.
+ */
 static bool
 lock_domain_without_waiting(const char *domain)
 {
 	LOCKTAG		tag;
 
+	announce_handoff(SOR_EVERY_RECORD);
+	if (!wait_for_publishers(NULL, false))
+	{
+		withdraw_announcement();
+		return false;
+	}
 	SET_LOCKTAG_RELATION(tag, MyDatabaseId, sor_write_fence());
 	if (LockAcquire(&tag, AccessExclusiveLock, false, true) == LOCKACQUIRE_NOT_AVAIL)
+	{
+		withdraw_announcement();
 		return false;
+	}
 	set_domain_tag(&tag, domain);
-	return LockAcquire(&tag, AccessExclusiveLock, false, true) != LOCKACQUIRE_NOT_AVAIL;
+	if (LockAcquire(&tag, AccessExclusiveLock, false, true) == LOCKACQUIRE_NOT_AVAIL)
+		return false;
+	set_record_tag(&tag, PREPARED_WRITE_OF_ANY_RECORD, SOR_LOCK_PREPARED_WRITE);
+	return LockAcquire(&tag, ExclusiveLock, false, true) != LOCKACQUIRE_NOT_AVAIL;
 }
 
 /*
@@ -608,13 +661,13 @@ sor_lock_record_for_handoff(const char *domain, const char *key)
 	{
 		uint64		record_hash = sor_record_hash(domain, key);
 
-		announce_handoff(record_hash);
+		announce_handoff(record_hash % SOR_HANDOFF_STRIPES);
 		set_domain_tag(&tag, domain);
 		(void) LockAcquire(&tag, RowExclusiveLock, false, false);
 		set_record_tag(&tag, record_hash, SOR_LOCK_RECORD);
 		if (LockAcquire(&tag, ExclusiveLock, false, false) != LOCKACQUIRE_ALREADY_HELD)
 			handoff_locks++;
-		wait_for_publishers(record_hash);
+		(void) wait_for_publishers(&record_hash, true);
 		set_record_tag(&tag, record_hash, SOR_LOCK_PREPARED_WRITE);
 		(void) LockAcquire(&tag, ExclusiveLock, false, false);
 	}
@@ -631,9 +684,13 @@ sor_lock_domain_for_handoff(const char *domain)
 {
 	LOCKTAG		tag;
 
+	announce_handoff(SOR_EVERY_RECORD);
 	SET_LOCKTAG_RELATION(tag, MyDatabaseId, sor_write_fence());
 	(void) LockAcquire(&tag, AccessExclusiveLock, false, false);
 	set_domain_tag(&tag, domain);
 	(void) LockAcquire(&tag, AccessExclusiveLock, false, false);
+	(void) wait_for_publishers(NULL, true);
+	set_record_tag(&tag, PREPARED_WRITE_OF_ANY_RECORD, SOR_LOCK_PREPARED_WRITE);
+	(void) LockAcquire(&tag, ExclusiveLock, false, false);
 	AcceptInvalidationMessages();
 }
