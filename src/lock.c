@@ -239,7 +239,7 @@ static PublishedRecords *
 my_slot(void)
 {
 	if (record_locks == NULL || MyProc == NULL ||
-		MyProcIndex >= record_locks->nslots)
+		MyProcIndex < 0 || MyProcIndex >= record_locks->nslots)
 		return NULL;
 	return &record_locks->slots[MyProcIndex].slot;
 }
