@@ -644,18 +644,30 @@ sor_lock_record_for_handoff(const char *domain, const char *key)
 {
 	static LocalTransactionId handoff_lxid = InvalidLocalTransactionId;
 	static int	handoff_locks = 0;
+	static char *whole_domain = NULL;	/* locked whole in whole_subid */
+	static SubTransactionId whole_subid = InvalidSubTransactionId;
 	LOCKTAG		tag;
 
 	if (handoff_lxid != MyLocalTransactionId)
 	{
 		handoff_lxid = MyLocalTransactionId;
 		handoff_locks = 0;
+		whole_subid = InvalidSubTransactionId;
 	}
 
-	if (handoff_locks >= SOR_LOCK_ESCALATION_THRESHOLD &&
-		lock_domain_without_waiting(domain))
+	if (whole_subid == GetCurrentSubTransactionId() &&
+		strcmp(whole_domain, domain) == 0)
+	{
+		/* this subtransaction holds the whole domain already */
+	}
+	else if (handoff_locks >= SOR_LOCK_ESCALATION_THRESHOLD &&
+			 lock_domain_without_waiting(domain))
 	{
 		/* the whole domain is ours: no record lock needed */
+		if (whole_domain != NULL)
+			pfree(whole_domain);
+		whole_domain = MemoryContextStrdup(TopMemoryContext, domain);
+		whole_subid = GetCurrentSubTransactionId();
 	}
 	else
 	{
