@@ -105,3 +105,14 @@ SELECT sor.owner_of('customer', '1'), sor.local_site();
 RESET ROLE;
 DROP ROLE sor_stranger;
 SELECT domain, key, site, epoch FROM sor.ownership ORDER BY 1, 2;
+
+-- a transaction that changed ownership cannot be prepared, and changes
+-- nothing (writers would stop waiting for a prepared hand-off)
+BEGIN;
+SELECT sor.transfer('customer', '1', 'london');
+PREPARE TRANSACTION 'sor_handoff';
+BEGIN;
+SELECT sor.set_local_site('london', true);
+PREPARE TRANSACTION 'sor_local_site';
+SELECT domain, key, site, epoch FROM sor.ownership ORDER BY 1, 2;
+SELECT sor.local_site();
