@@ -62,14 +62,17 @@
  *
  * A change that waits for the writers of every record does the same with a
  * counter of its own (SOR_EVERY_RECORD), which every writer also reads, and
- * waits for every transaction that has published any record.
+ * waits for every transaction that has published any record.  A slot names
+ * its database; hand-offs wait for the writers of their own database only
+ * (the counters are shared by all databases, which costs only a writer of
+ * another database the lock-table path).
  *
  * A writer publishes a record only while the record's stripe and that
- * counter count no hand-off, and reads them under its slot's spinlock.  A hand-off
- * announces before it takes any slot's spinlock, so for every slot either
- * the writer saw the announcement, and takes the record's lock in the lock
- * table instead (which waits for the hand-off to end), or the hand-off sees
- * the published record and waits for it.  The count is taken back after
+ * counter count no hand-off, and reads them under its slot's spinlock.  A
+ * hand-off announces before it takes any slot's spinlock, so for every slot
+ * either the writer saw the announcement, and takes the record's lock in the
+ * lock table instead (which waits for the hand-off to end), or the hand-off
+ * sees the published record and waits for it.  The count is taken back after
  * the hand-off's transaction has sent its invalidations and released its
  * locks (a resource release callback), so a writer that publishes after it
  * and then takes in invalidations sees the new owner.  A slot's records
@@ -120,11 +123,15 @@
 #define MyProcIndex				(MyProc->pgprocno)
 #endif
 
-/* One backend's published records, of the transaction vxid. */
+/*
+ * One backend's published records: of its transaction vxid, in database
+ * dboid (hand-offs wait for the writers of their own database only).
+ */
 typedef struct PublishedRecords
 {
 	slock_t		mutex;
 	int			nrecords;
+	Oid			dboid;
 	VirtualTransactionId vxid;
 	uint64		records[SOR_PUBLISHED_RECORDS];
 } PublishedRecords;
@@ -281,6 +288,7 @@ publish_record(uint64 record_hash, bool *newly)
 	{
 		if (!VirtualTransactionIdEquals(slot->vxid, vxid))
 		{
+			slot->dboid = MyDatabaseId;
 			slot->vxid = vxid;
 			slot->nrecords = 0;
 		}
@@ -332,10 +340,10 @@ withdraw_announcement(void)
 }
 
 /*
- * Wait for every other transaction that has published a record (any
- * record, when record_hash is NULL): after the hand-off was announced, no
- * more can publish it.  Without wait, returns false at once instead of
- * waiting for a transaction that is still open.
+ * Wait for every other transaction of this database that has published a
+ * record (any record, when record_hash is NULL): after the hand-off was
+ * announced, no more can publish it.  Without wait, returns false at once
+ * instead of waiting for a transaction that is still open.
  */
 static bool
 wait_for_publishers(const uint64 *record_hash, bool wait)
@@ -352,8 +360,12 @@ wait_for_publishers(const uint64 *record_hash, bool wait)
 		if (slot == my_slot())
 			continue;
 		SpinLockAcquire(&slot->mutex);
-		for (int j = 0; j < slot->nrecords && !published; j++)
-			published = record_hash == NULL || slot->records[j] == *record_hash;
+		if (slot->dboid == MyDatabaseId)
+		{
+			for (int j = 0; j < slot->nrecords && !published; j++)
+				published = (record_hash == NULL ||
+							 slot->records[j] == *record_hash);
+		}
 		vxid = slot->vxid;
 		SpinLockRelease(&slot->mutex);
 
