@@ -251,6 +251,16 @@ my_slot(void)
 	return &record_locks->slots[MyProcIndex].slot;
 }
 
+/* How many records this transaction has published in its slot. */
+static int
+published_by_this_transaction(PublishedRecords *slot)
+{
+	VirtualTransactionId vxid;
+
+	GET_VXID_FROM_PGPROC(vxid, *MyProc);
+	return VirtualTransactionIdEquals(slot->vxid, vxid) ? slot->nrecords : 0;
+}
+
 /*
  * Publish a record that this transaction writes, unless its slot is full
  * or a hand-off is in progress in the record's stripe (see the header
@@ -262,38 +272,35 @@ publish_record(uint64 record_hash, bool *newly)
 {
 	PublishedRecords *slot = my_slot();
 	pg_atomic_uint32 *handoffs;
-	VirtualTransactionId vxid;
+	int			n;
 
 	*newly = false;
 	if (slot == NULL)
 		return false;
 
 	/* only this backend changes its slot: it reads it without the spinlock */
-	GET_VXID_FROM_PGPROC(vxid, *MyProc);
-	if (VirtualTransactionIdEquals(slot->vxid, vxid))
+	n = published_by_this_transaction(slot);
+	for (int i = 0; i < n; i++)
 	{
-		for (int i = 0; i < slot->nrecords; i++)
-		{
-			if (slot->records[i] == record_hash)
-				return true;
-		}
-		if (slot->nrecords >= SOR_PUBLISHED_RECORDS)
-			return false;
+		if (slot->records[i] == record_hash)
+			return true;
 	}
+	if (n >= SOR_PUBLISHED_RECORDS)
+		return false;
 
 	handoffs = record_locks->handoffs;
 	SpinLockAcquire(&slot->mutex);
 	if (pg_atomic_read_u32(&handoffs[record_hash % SOR_HANDOFF_STRIPES]) == 0 &&
 		pg_atomic_read_u32(&handoffs[SOR_EVERY_RECORD]) == 0)
 	{
-		if (!VirtualTransactionIdEquals(slot->vxid, vxid))
+		if (n == 0)
 		{
 			slot->dboid = MyDatabaseId;
-			slot->vxid = vxid;
-			slot->nrecords = 0;
+			GET_VXID_FROM_PGPROC(slot->vxid, *MyProc);
 		}
-		published_in[slot->nrecords] = GetCurrentSubTransactionId();
-		slot->records[slot->nrecords++] = record_hash;
+		published_in[n] = GetCurrentSubTransactionId();
+		slot->records[n] = record_hash;
+		slot->nrecords = n + 1;
 		*newly = true;
 	}
 	SpinLockRelease(&slot->mutex);
@@ -348,6 +355,8 @@ withdraw_announcement(void)
 static bool
 wait_for_publishers(const uint64 *record_hash, bool wait)
 {
+	PublishedRecords *mine = my_slot();
+
 	if (record_locks == NULL)
 		return true;
 
@@ -357,7 +366,7 @@ wait_for_publishers(const uint64 *record_hash, bool wait)
 		VirtualTransactionId vxid;
 		bool		published = false;
 
-		if (slot == my_slot())
+		if (slot == mine)
 			continue;
 		SpinLockAcquire(&slot->mutex);
 		if (slot->dboid == MyDatabaseId)
@@ -401,13 +410,10 @@ unpublish_aborted_records(SubXactEvent event, SubTransactionId mySubid,
 						  SubTransactionId parentSubid, void *arg)
 {
 	PublishedRecords *slot = my_slot();
-	VirtualTransactionId vxid;
 	int			kept = 0;
 
-	if (event != SUBXACT_EVENT_ABORT_SUB || slot == NULL)
-		return;
-	GET_VXID_FROM_PGPROC(vxid, *MyProc);
-	if (!VirtualTransactionIdEquals(slot->vxid, vxid))
+	if (event != SUBXACT_EVENT_ABORT_SUB || slot == NULL ||
+		published_by_this_transaction(slot) == 0)
 		return;
 
 	SpinLockAcquire(&slot->mutex);
@@ -439,7 +445,6 @@ static void
 prepare_record_locks(XactEvent event, void *arg)
 {
 	PublishedRecords *slot = my_slot();
-	VirtualTransactionId vxid;
 	LOCKTAG		tag;
 
 	if (event != XACT_EVENT_PRE_PREPARE)
@@ -450,10 +455,7 @@ prepare_record_locks(XactEvent event, void *arg)
 				 errmsg("cannot PREPARE a transaction that has changed ownership"),
 				 errhint("Change ownership in a transaction that commits at once.")));
 
-	if (slot == NULL)
-		return;
-	GET_VXID_FROM_PGPROC(vxid, *MyProc);
-	if (!VirtualTransactionIdEquals(slot->vxid, vxid) || slot->nrecords == 0)
+	if (slot == NULL || published_by_this_transaction(slot) == 0)
 		return;
 	set_record_tag(&tag, PREPARED_WRITE_OF_ANY_RECORD, SOR_LOCK_PREPARED_WRITE);
 	(void) LockAcquire(&tag, ShareLock, false, false);
