@@ -940,17 +940,43 @@ cached_ownership(SorDomain *domain, const char *key, uint64 record_hash,
 }
 
 /*
+ * The shared cache's answer for (domain, key) into result: false if it has
+ * none.  The caller holds the record's write lock.
+ */
+static bool
+shared_ownership(SorDomain *domain, const char *key, uint64 record_hash,
+				 SorOwnership *result)
+{
+	SorOwnership entry;
+	bool		has_entry;
+
+	if (!sor_shared_cache_get(catalog.owner_entry, domain->name, key,
+							  record_hash, &has_entry, &entry))
+		return false;
+	if (has_entry)
+		*result = entry;
+	else
+		default_ownership(domain, result);
+	return true;
+}
+
+/*
  * Who owns (domain, key): its ownership entry, else the domain's default
  * owner, else nobody.  key must be in canonical form, record_hash its
  * sor_record_hash(); both may be left out (NULL, 0) for a key known to have
  * no entry (!has_entries, or sor_key_has_no_entry()).  write_locked: the
  * caller holds the record's write lock (sor_lock_record_for_write()), so
- * what a probe finds may be shared with other backends (shared_cache.c).
+ * the shared cache may answer, and what a probe finds may be shared with
+ * other backends (shared_cache.c).
  *
  * A domain with few entries is read whole at its first miss; after that a
  * key that is not in the cache has no entry, and its answer needs no index
- * probe.  In other domains a miss asks the shared cache, then probes the
- * index, and caches the answer.
+ * probe.  In a domain with more entries a write asks the shared cache
+ * first, then this backend's cache, then probes the index, and caches what
+ * the probe found in both.  What the shared cache answers is not copied
+ * into this backend's cache: the next write finds it there again, and a
+ * backend-local table that grows toward every key of a large domain costs
+ * more to search, in memory stalls, than the shared cache's one bucket.
  */
 void
 sor_lookup_owner(SorDomain *domain, const char *key, uint64 record_hash,
@@ -959,6 +985,7 @@ sor_lookup_owner(SorDomain *domain, const char *key, uint64 record_hash,
 	SorOwnership entry;
 	bool		has_entry;
 	bool		awaiting_acks = false;
+	bool		asked_shared = false;
 
 	load_catalog();
 
@@ -969,6 +996,12 @@ sor_lookup_owner(SorDomain *domain, const char *key, uint64 record_hash,
 		return;
 	}
 
+	if (write_locked && domain->entries_cached == SOR_ENTRIES_SOME)
+	{
+		if (shared_ownership(domain, key, record_hash, result))
+			return;
+		asked_shared = true;
+	}
 	if (cached_ownership(domain, key, record_hash, result))
 		return;
 	if (domain->entries_cached == SOR_ENTRIES_NOT_YET)
@@ -982,14 +1015,11 @@ sor_lookup_owner(SorDomain *domain, const char *key, uint64 record_hash,
 		default_ownership(domain, result);
 		return;
 	}
+	if (write_locked && !asked_shared &&
+		shared_ownership(domain, key, record_hash, result))
+		return;
 
-	if (write_locked &&
-		sor_shared_cache_get(catalog.owner_entry, domain->name, key,
-							 record_hash, &has_entry, &entry))
-		write_locked = false;	/* nothing new to share */
-	else
-		has_entry = probe_owner_entry(domain, key, &entry, &awaiting_acks);
-
+	has_entry = probe_owner_entry(domain, key, &entry, &awaiting_acks);
 	if (has_entry)
 		*result = entry;
 	else
