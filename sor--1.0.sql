@@ -149,6 +149,11 @@ CREATE FUNCTION @extschema@.local_site() RETURNS text
 CREATE FUNCTION @extschema@.owner_of(domain text, key text) RETURNS text
     LANGUAGE C AS 'MODULE_PATHNAME', 'sor_owner_of';
 
+-- Fill the shared ownership cache with a domain's entries: after a
+-- restart, or for a domain whose writes would otherwise probe.
+CREATE FUNCTION @extschema@.prewarm_shared_cache(domain text) RETURNS bigint
+    LANGUAGE C AS 'MODULE_PATHNAME', 'sor_prewarm_shared_cache_sql';
+
 CREATE FUNCTION @extschema@.canonical_key(domain text, key text) RETURNS text
     LANGUAGE C AS 'MODULE_PATHNAME', 'sor_canonical_key_sql';
 

@@ -143,6 +143,7 @@ extern void sor_lookup_owner(SorDomain *domain, const char *key,
 							 SorOwnership *result);
 extern bool sor_key_has_no_entry(SorTable *table, Datum key);
 extern char *sor_canonical_key(SorDomain *domain, const char *key);
+extern int64 sor_prewarm_shared_cache(SorDomain *domain);
 extern char *sor_missing_acks(const char *domain, const char *key);
 extern Oid	sor_key_family_type(Oid typid);
 extern bool sor_is_catalog_relation(Oid relid);
@@ -154,15 +155,17 @@ extern void sor_lock_record_for_write(const char *domain, uint64 record_hash);
 extern bool sor_domain_write_locked(const char *domain);
 extern void sor_lock_record_for_handoff(const char *domain, const char *key);
 extern void sor_lock_domain_for_handoff(const char *domain);
+extern void sor_lock_domain_against_handoffs(const char *domain);
 
 /* shared_cache.c */
 extern void sor_shared_cache_init(void);
 extern bool sor_shared_cache_get(Oid owner_entry, const char *domain,
 								 const char *key, uint64 record_hash,
 								 bool *has_entry, SorOwnership *entry);
-extern void sor_shared_cache_put(Oid owner_entry, const char *domain,
+extern bool sor_shared_cache_put(Oid owner_entry, const char *domain,
 								 const char *key, uint64 record_hash,
 								 const SorOwnership *entry);
+extern void sor_shared_cache_check_usable(void);
 extern void sor_shared_cache_forget(const char *domain, const char *key);
 extern void sor_shared_cache_forget_all(void);
 

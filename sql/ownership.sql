@@ -100,6 +100,7 @@ SELECT sor.set_local_site('london', true);
 SELECT sor.add_site('rome');
 SELECT sor.transfer_impl('customer', '1', 'london', 10);
 SELECT sor.lock_record_for_handoff('customer', '1');
+SELECT sor.prewarm_shared_cache('customer');
 -- reading is fine
 SELECT sor.owner_of('customer', '1'), sor.local_site();
 RESET ROLE;
@@ -116,3 +117,11 @@ SELECT sor.set_local_site('london', true);
 PREPARE TRANSACTION 'sor_local_site';
 SELECT domain, key, site, epoch FROM sor.ownership ORDER BY 1, 2;
 SELECT sor.local_site();
+
+-- sor.prewarm_shared_cache() fills the shared ownership cache, which needs
+-- sor in shared_preload_libraries (the isolation spec
+-- shared_cache_never_stale checks what it does); bad input first
+SELECT sor.prewarm_shared_cache(NULL);
+SELECT sor.prewarm_shared_cache('');
+SELECT sor.prewarm_shared_cache('no_such_domain');
+SELECT sor.prewarm_shared_cache('customer');

@@ -34,6 +34,7 @@
 #include "common/hashfn.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
+#include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/hsearch.h"
@@ -852,6 +853,66 @@ preload_entries(SorDomain *domain)
 		}
 	}
 	pfree(digests);
+}
+
+/*
+ * Put every ownership entry of domain that waits for no acknowledgement
+ * into the shared cache (sor.prewarm_shared_cache()); returns how many it
+ * put there.  The caller holds the domain's lock against hand-offs
+ * (sor_lock_domain_against_handoffs()), taken before this scan's snapshot:
+ * no entry of the domain changes until the transaction ends, and every
+ * change after that empties the entry's slot.
+ *
+ * The scan reads sor.owner_entry whole, in physical order: the domains
+ * worth it have many entries, which the primary key would visit in key
+ * order, a random read of the table each.
+ */
+int64
+sor_prewarm_shared_cache(SorDomain *domain)
+{
+	ScanKeyData scankey;
+	Relation	rel;
+	Snapshot	snapshot;
+	SysScanDesc scan;
+	HeapTuple	tuple;
+	MemoryContext per_entry;
+	int64		n = 0;
+
+	per_entry = AllocSetContextCreate(CurrentMemoryContext,
+									  "sor prewarm entry",
+									  ALLOCSET_SMALL_SIZES);
+	ScanKeyInit(&scankey, Anum_owner_entry_domain, BTEqualStrategyNumber,
+				F_TEXTEQ, CStringGetTextDatum(domain->name));
+	rel = table_open(catalog.owner_entry, AccessShareLock);
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	scan = systable_beginscan(rel, InvalidOid, false, snapshot, 1, &scankey);
+	while ((tuple = systable_getnext(scan)) != NULL)
+	{
+		Datum		values[Natts_owner_entry];
+		bool		nulls[Natts_owner_entry];
+		SorOwnership ownership;
+		MemoryContext caller;
+		char	   *key;
+
+		CHECK_FOR_INTERRUPTS();
+		deform_owner_entry(tuple, RelationGetDescr(rel), values, nulls);
+		if (DatumGetBool(values[Anum_owner_entry_awaiting_acks - 1]))
+			continue;
+		caller = MemoryContextSwitchTo(per_entry);
+		key = TextDatumGetCString(values[Anum_owner_entry_key - 1]);
+		ownership_of_entry(domain, key, values, &ownership);
+		if (sor_shared_cache_put(catalog.owner_entry, domain->name, key,
+								 sor_record_hash(domain->name, key),
+								 &ownership))
+			n++;
+		MemoryContextSwitchTo(caller);
+		MemoryContextReset(per_entry);
+	}
+	systable_endscan(scan);
+	UnregisterSnapshot(snapshot);
+	table_close(rel, NoLock);
+	MemoryContextDelete(per_entry);
+	return n;
 }
 
 /* Whether a text Datum is value. */

@@ -31,6 +31,7 @@ PG_FUNCTION_INFO_V1(sor_lock_record_for_handoff_sql);
 PG_FUNCTION_INFO_V1(sor_lock_domain_for_handoff_sql);
 PG_FUNCTION_INFO_V1(sor_call_with_invoker);
 PG_FUNCTION_INFO_V1(sor_local_site_sql);
+PG_FUNCTION_INFO_V1(sor_prewarm_shared_cache_sql);
 
 /* Text argument argno, which must be neither NULL nor empty. */
 char *
@@ -72,6 +73,28 @@ sor_owner_of(PG_FUNCTION_ARGS)
 	if (!owner.owned)
 		PG_RETURN_NULL();
 	PG_RETURN_TEXT_P(cstring_to_text(owner.site));
+}
+
+/*
+ * sor.prewarm_shared_cache(domain text) returns bigint
+ *
+ * Fill the shared ownership cache with the domain's entries, as writes of
+ * all its records would: how many it put there.  Hand-offs of the domain
+ * wait until the transaction ends.
+ */
+Datum
+sor_prewarm_shared_cache_sql(PG_FUNCTION_ARGS)
+{
+	char	   *domain_name = sor_required_text_arg(fcinfo, 0, "domain");
+	SorDomain  *domain;
+
+	sor_cache_revalidate();
+	(void) sor_lookup_domain(domain_name, false);
+	sor_shared_cache_check_usable();
+	sor_lock_domain_against_handoffs(domain_name);
+	sor_cache_revalidate();
+	domain = sor_lookup_domain(domain_name, false);
+	PG_RETURN_INT64(sor_prewarm_shared_cache(domain));
 }
 
 /*

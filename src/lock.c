@@ -720,3 +720,18 @@ sor_lock_domain_for_handoff(const char *domain)
 	(void) LockAcquire(&tag, ExclusiveLock, false, false);
 	AcceptInvalidationMessages();
 }
+
+/*
+ * Lock a domain so that none of its records changes owner until the end of
+ * the transaction (the domain lock of a writer that escalated): waits for
+ * the hand-offs of the domain in progress.
+ */
+void
+sor_lock_domain_against_handoffs(const char *domain)
+{
+	LOCKTAG		tag;
+
+	set_domain_tag(&tag, domain);
+	(void) LockAcquire(&tag, ShareLock, false, false);
+	AcceptInvalidationMessages();
+}

@@ -148,6 +148,26 @@ shared_cache_usable(void)
 	return shared_cache != NULL && changed_in != MyLocalTransactionId;
 }
 
+/*
+ * Raise an error unless this backend may fill the cache now (for
+ * sor.prewarm_shared_cache(), which would otherwise do nothing silently).
+ */
+void
+sor_shared_cache_check_usable(void)
+{
+	if (shared_cache == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("sor's shared ownership cache is not available"),
+				 errdetail("It needs sor in shared_preload_libraries and sor.shared_cache_entries of at least %d.",
+						   SOR_SHARED_CACHE_WAYS)));
+	if (changed_in == MyLocalTransactionId)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot fill the shared ownership cache in a transaction that has changed ownership"),
+				 errhint("Fill it in a transaction of its own.")));
+}
+
 /* The first slot of the bucket of a record, and the bucket's lock. */
 static SharedOwnerSlot *
 bucket_of(uint64 record_hash, LWLock **lock)
@@ -230,9 +250,10 @@ sor_shared_cache_get(Oid owner_entry, const char *domain, const char *key,
 /*
  * Keep what a probe found for (domain, key): its ownership entry (entry,
  * not waiting for acknowledgements), or that it has none (entry NULL).  The
- * caller must hold the record's write lock and have probed after taking it.
+ * caller must hold the record's write lock (or its domain's) and have
+ * probed after taking it.  False if the record cannot be kept.
  */
-void
+bool
 sor_shared_cache_put(Oid owner_entry, const char *domain, const char *key,
 					 uint64 record_hash, const SorOwnership *entry)
 {
@@ -246,7 +267,7 @@ sor_shared_cache_put(Oid owner_entry, const char *domain, const char *key,
 
 	if (!shared_cache_usable() ||
 		!make_domain_key(domain, key, domain_key, &len))
-		return;
+		return false;
 
 	first = bucket_of(record_hash, &lock);
 	LWLockAcquire(lock, LW_EXCLUSIVE);
@@ -271,6 +292,7 @@ sor_shared_cache_put(Oid owner_entry, const char *domain, const char *key,
 	strlcpy(slot->site, entry ? entry->site : "", NAMEDATALEN);
 	memcpy(slot->domain_key, domain_key, len);
 	LWLockRelease(lock);
+	return true;
 }
 
 /*
