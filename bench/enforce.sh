@@ -95,15 +95,16 @@ enforce_warm_up() {
     done
 }
 
-# enforce_rows SCEN N WORKLOAD: pgbench, every variant, $rounds rounds.
+# enforce_rows SCEN N WORKLOAD [LABEL]: pgbench, every variant, $rounds
+# rounds; recorded under LABEL (default SCEN).
 enforce_rows() {
-    local scen=$1 n=$2 workload=$3 r v tps line
+    local scen=$1 n=$2 workload=$3 label=${4:-$1} r v tps line
     for ((r = 1; r <= rounds; r++)); do
         line="  $workload round $r:"
         for v in $(rotate ${#variants[@]} "$r" "${variants[@]}"); do
             tps=$(PGOPTIONS="-c search_path=${scen}_$v" pgbench_tps bench enforce \
                 -M prepared -c 2 -j 2 -T "$secs" -D n="$n" -f "$bench/pgbench/$workload.sql")
-            record enforce_row "$scen/$workload" "$v" "$r" "$tps" tps
+            record enforce_row "$label/$workload" "$v" "$r" "$tps" tps
             line+=" $v $tps"
         done
         log "$line"
@@ -137,6 +138,35 @@ enforce_bulk() {
     done
 }
 
+# enforce_prewarmed SCEN N: the scenario's single-row writes once more,
+# with sor's shared ownership cache sized for its N entries (the server
+# restarted with sor.shared_cache_entries at least 1.5 N, if the cache is
+# smaller) and filled by sor.prewarm_shared_cache(), as an administrator
+# would for a domain this large.  Recorded as scenario SCEN_prewarmed, for
+# the unregistered table, sor and the no-op trigger only: PL/pgSQL's
+# sor.owner_of() and RLS do not read the shared cache.
+enforce_prewarmed() {
+    local scen=$1 n=$2 slots ms resized=false
+    local variants=(plain sor noop)
+    slots=$(sql postgres -c "SHOW sor.shared_cache_entries")
+    if [ "$slots" -lt $((n + n / 2)) ]; then
+        while [ "$slots" -lt $((n + n / 2)) ]; do slots=$((slots * 2)); done
+        sql postgres -c "ALTER SYSTEM SET sor.shared_cache_entries = $slots"
+        "$bin/pg_ctl" -D "$work/data" -l "$work/server.log" -m fast -w restart >/dev/null
+        resized=true
+    fi
+    log "enforcement, scenario ${scen}_prewarmed: $n keys, a shared cache of $slots entries"
+    ms=$(elapsed_ms postgres enforce "SELECT sor.prewarm_shared_cache('$scen')")
+    record setup "$scen" prewarm 1 "$(bc <<<"scale=0; $n * 1000 / $ms")" "entries/s"
+    log "  prewarm of $n entries in $(bc <<<"scale=1; $ms / 1000") s"
+    enforce_rows "$scen" "$n" update "${scen}_prewarmed"
+    enforce_rows "$scen" "$n" insert "${scen}_prewarmed"
+    if $resized; then
+        sql postgres -c "ALTER SYSTEM RESET sor.shared_cache_entries"
+        "$bin/pg_ctl" -D "$work/data" -l "$work/server.log" -m fast -w restart >/dev/null
+    fi
+}
+
 # The workers of this database have no commands to run: what they cost
 # meanwhile is recorded too (part busy_db).
 run_enforcement() {
@@ -151,6 +181,10 @@ run_enforcement() {
     done
     watch_record "$work/watch_enforce" busy_db
     record busy_db "part 1" duration 1 $((SECONDS - start)) s
+    # the largest scenario again, prewarmed (after busy_db: it restarts
+    # the server, and with it the workers)
+    # shellcheck disable=SC2086
+    enforce_prewarmed $(printf '%s\n' "${scenarios[@]}" | awk '$3 != "default" { s = $1 " " $2 } END { print s }')
     # The next parts start on a quiet server: no autovacuum of this
     # database's tens of millions of rows under them (DROP DATABASE also
     # checkpoints).

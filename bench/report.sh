@@ -29,7 +29,8 @@ export_plot_data() {
     for part in enforce_row enforce_bulk; do
         sql postgres -F $'\t' -c "SELECT replace(case_, '_', ' '),
                 max(median) FILTER (WHERE variant = 'plain'), max(median) FILTER (WHERE variant = 'sor'),
-                max(median) FILTER (WHERE variant = 'plpgsql'), coalesce(max(median) FILTER (WHERE variant = 'rls'), 0),
+                coalesce(max(median) FILTER (WHERE variant = 'plpgsql'), 0),
+                coalesce(max(median) FILTER (WHERE variant = 'rls'), 0),
                 max(median) FILTER (WHERE variant = 'noop')
               FROM med WHERE part = '$part' GROUP BY case_
               ORDER BY split_part(case_, '/', 1), split_part(case_, '/', 2) DESC" >"$out/$part.dat"
