@@ -861,7 +861,10 @@ preload_entries(SorDomain *domain)
  * put there.  The caller holds the domain's lock against hand-offs
  * (sor_lock_domain_against_handoffs()), taken before this scan's snapshot:
  * no entry of the domain changes until the transaction ends, and every
- * change after that empties the entry's slot.
+ * change after that empties the entry's slot.  The catalog is locked
+ * against ALTER TABLE too (ShareUpdateExclusiveLock, which row changes do
+ * not wait for): the ENABLE TRIGGER that ends a restore with the catalog's
+ * triggers disabled waits, and then makes the slots filled here old.
  *
  * The scan reads sor.owner_entry whole, in physical order: the domains
  * worth it have many entries, which the primary key would visit in key
@@ -883,7 +886,7 @@ sor_prewarm_shared_cache(SorDomain *domain)
 									  ALLOCSET_SMALL_SIZES);
 	ScanKeyInit(&scankey, Anum_owner_entry_domain, BTEqualStrategyNumber,
 				F_TEXTEQ, CStringGetTextDatum(domain->name));
-	rel = table_open(catalog.owner_entry, AccessShareLock);
+	rel = table_open(catalog.owner_entry, ShareUpdateExclusiveLock);
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	scan = systable_beginscan(rel, InvalidOid, false, snapshot, 1, &scankey);
 	while ((tuple = systable_getnext(scan)) != NULL)

@@ -20,7 +20,7 @@
  * SOR_LOCK_ESCALATION_THRESHOLD records it takes one share lock on the whole
  * domain instead.  Lock modes on a domain:
  *
- *	ShareLock			a writer that escalated
+ *	ShareLock			a writer that escalated, or sor.prewarm_shared_cache()
  *	RowExclusiveLock	a hand-off of one record
  *	AccessExclusiveLock	a change of the domain's default owner, or a
  *						transaction that hands off many records of it

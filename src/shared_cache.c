@@ -21,6 +21,8 @@
  *	  (or its domain's), after it took the lock, from a probe under the
  *	  latest snapshot, and only if its own transaction changed no
  *	  ownership entry (it would see its own uncommitted change);
+ *	  sor.prewarm_shared_cache() fills a domain's slots the same way, under
+ *	  the domain's lock;
  *	- every change of an ownership entry first takes the record's hand-off
  *	  lock, which waits for those writers and keeps new ones out until it
  *	  commits, and empties the record's slot (sor_shared_cache_forget());
@@ -35,8 +37,12 @@
  *
  * The cache is an array of buckets of SOR_SHARED_CACHE_WAYS slots, each
  * bucket under one of SOR_SHARED_CACHE_LOCKS lightweight locks.  A record
- * goes to one bucket (by its hash and database); when the bucket is full a
- * slot picked by the hash is overwritten.  Records whose "domain\0key" is
+ * may go to either of two buckets (both picked by its hash and database):
+ * the first with a free slot, else a slot picked by the hash in the first
+ * is overwritten.  In a cache 1.6 times the size of a domain, one choice
+ * would leave about 6% of the domain's records out (a bucket gets more
+ * than 4 of them); with two, a record is left out only when both of its
+ * buckets are full.  Records whose "domain\0key" is
  * longer than SOR_SHARED_KEY_MAX bytes are not kept.  The size is
  * sor.shared_cache_entries; without sor in shared_preload_libraries there
  * is no shared cache and every function here does nothing.
@@ -168,15 +174,28 @@ sor_shared_cache_check_usable(void)
 				 errhint("Fill it in a transaction of its own.")));
 }
 
-/* The first slot of the bucket of a record, and the bucket's lock. */
+/*
+ * The first slot of bucket choice (0 or 1) of a record, and the bucket's
+ * lock number.
+ */
 static SharedOwnerSlot *
-bucket_of(uint64 record_hash, LWLock **lock)
+bucket_of(uint64 record_hash, int choice, int *lockno)
 {
 	uint64		h = hash_combine64(record_hash, MyDatabaseId);
-	uint32		bucket = (uint32) (h % (uint64) shared_cache->nbuckets);
+	uint32		bucket;
 
-	*lock = &shared_cache->locks[bucket % SOR_SHARED_CACHE_LOCKS].lock;
+	if (choice == 0)
+		bucket = (uint32) (h % (uint64) shared_cache->nbuckets);
+	else
+		bucket = (uint32) ((h >> 32) % (uint64) shared_cache->nbuckets);
+	*lockno = bucket % SOR_SHARED_CACHE_LOCKS;
 	return &shared_cache->slots[bucket * SOR_SHARED_CACHE_WAYS];
+}
+
+static LWLock *
+bucket_lock(int lockno)
+{
+	return &shared_cache->locks[lockno].lock;
 }
 
 /* "domain\0key" into buf; false if it does not fit a slot. */
@@ -220,30 +239,34 @@ sor_shared_cache_get(Oid owner_entry, const char *domain, const char *key,
 	uint8		len;
 	uint32		generation;
 	SharedOwnerSlot *slot;
-	LWLock	   *lock;
+	int			lockno;
 	bool		found = false;
+	int			choice;
 	int			i;
 
 	if (!shared_cache_usable() ||
 		!make_domain_key(domain, key, domain_key, &len))
 		return false;
 
-	slot = bucket_of(record_hash, &lock);
-	LWLockAcquire(lock, LW_SHARED);
-	generation = pg_atomic_read_u32(&shared_cache->generation);
-	for (i = 0; i < SOR_SHARED_CACHE_WAYS; i++, slot++)
+	for (choice = 0; choice < 2 && !found; choice++)
 	{
-		if (!slot_is(slot, record_hash, owner_entry, generation, domain_key, len))
-			continue;
-		found = true;
-		*has_entry = slot->has_entry;
-		memset(entry, 0, sizeof(SorOwnership));
-		entry->owned = slot->has_entry;
-		strlcpy(entry->site, slot->site, NAMEDATALEN);
-		entry->epoch = slot->epoch;
-		break;
+		slot = bucket_of(record_hash, choice, &lockno);
+		LWLockAcquire(bucket_lock(lockno), LW_SHARED);
+		generation = pg_atomic_read_u32(&shared_cache->generation);
+		for (i = 0; i < SOR_SHARED_CACHE_WAYS; i++, slot++)
+		{
+			if (!slot_is(slot, record_hash, owner_entry, generation, domain_key, len))
+				continue;
+			found = true;
+			*has_entry = slot->has_entry;
+			memset(entry, 0, sizeof(SorOwnership));
+			entry->owned = slot->has_entry;
+			strlcpy(entry->site, slot->site, NAMEDATALEN);
+			entry->epoch = slot->epoch;
+			break;
+		}
+		LWLockRelease(bucket_lock(lockno));
 	}
-	LWLockRelease(lock);
 	return found;
 }
 
@@ -260,27 +283,36 @@ sor_shared_cache_put(Oid owner_entry, const char *domain, const char *key,
 	char		domain_key[SOR_SHARED_KEY_MAX];
 	uint8		len;
 	uint32		generation;
-	SharedOwnerSlot *first;
+	SharedOwnerSlot *first[2];
 	SharedOwnerSlot *slot = NULL;
-	LWLock	   *lock;
+	int			lockno[2];
+	int			choice;
 	int			i;
 
 	if (!shared_cache_usable() ||
 		!make_domain_key(domain, key, domain_key, &len))
 		return false;
 
-	first = bucket_of(record_hash, &lock);
-	LWLockAcquire(lock, LW_EXCLUSIVE);
+	/* both buckets' locks, in the order of their numbers */
+	first[0] = bucket_of(record_hash, 0, &lockno[0]);
+	first[1] = bucket_of(record_hash, 1, &lockno[1]);
+	LWLockAcquire(bucket_lock(Min(lockno[0], lockno[1])), LW_EXCLUSIVE);
+	if (lockno[0] != lockno[1])
+		LWLockAcquire(bucket_lock(Max(lockno[0], lockno[1])), LW_EXCLUSIVE);
 	generation = pg_atomic_read_u32(&shared_cache->generation);
 	/* the record's own slot, else an unused or old one, else by the hash */
-	for (i = 0; i < SOR_SHARED_CACHE_WAYS && slot == NULL; i++)
-		if (slot_is(&first[i], record_hash, owner_entry, generation, domain_key, len))
-			slot = &first[i];
-	for (i = 0; i < SOR_SHARED_CACHE_WAYS && slot == NULL; i++)
-		if (first[i].dboid == InvalidOid || first[i].generation != generation)
-			slot = &first[i];
+	for (choice = 0; choice < 2 && slot == NULL; choice++)
+		for (i = 0; i < SOR_SHARED_CACHE_WAYS && slot == NULL; i++)
+			if (slot_is(&first[choice][i], record_hash, owner_entry,
+						generation, domain_key, len))
+				slot = &first[choice][i];
+	for (choice = 0; choice < 2 && slot == NULL; choice++)
+		for (i = 0; i < SOR_SHARED_CACHE_WAYS && slot == NULL; i++)
+			if (first[choice][i].dboid == InvalidOid ||
+				first[choice][i].generation != generation)
+				slot = &first[choice][i];
 	if (slot == NULL)
-		slot = &first[(record_hash >> 32) % SOR_SHARED_CACHE_WAYS];
+		slot = &first[0][(record_hash >> 32) % SOR_SHARED_CACHE_WAYS];
 
 	slot->record_hash = record_hash;
 	slot->dboid = MyDatabaseId;
@@ -291,7 +323,9 @@ sor_shared_cache_put(Oid owner_entry, const char *domain, const char *key,
 	slot->epoch = entry ? entry->epoch : 0;
 	strlcpy(slot->site, entry ? entry->site : "", NAMEDATALEN);
 	memcpy(slot->domain_key, domain_key, len);
-	LWLockRelease(lock);
+	if (lockno[0] != lockno[1])
+		LWLockRelease(bucket_lock(Max(lockno[0], lockno[1])));
+	LWLockRelease(bucket_lock(Min(lockno[0], lockno[1])));
 	return true;
 }
 
@@ -305,7 +339,8 @@ sor_shared_cache_forget(const char *domain, const char *key)
 {
 	uint64		record_hash;
 	SharedOwnerSlot *slot;
-	LWLock	   *lock;
+	int			lockno;
+	int			choice;
 	int			i;
 
 	changed_in = MyLocalTransactionId;
@@ -313,12 +348,15 @@ sor_shared_cache_forget(const char *domain, const char *key)
 		return;
 
 	record_hash = sor_record_hash(domain, key);
-	slot = bucket_of(record_hash, &lock);
-	LWLockAcquire(lock, LW_EXCLUSIVE);
-	for (i = 0; i < SOR_SHARED_CACHE_WAYS; i++, slot++)
-		if (slot->record_hash == record_hash && slot->dboid == MyDatabaseId)
-			slot->dboid = InvalidOid;
-	LWLockRelease(lock);
+	for (choice = 0; choice < 2; choice++)
+	{
+		slot = bucket_of(record_hash, choice, &lockno);
+		LWLockAcquire(bucket_lock(lockno), LW_EXCLUSIVE);
+		for (i = 0; i < SOR_SHARED_CACHE_WAYS; i++, slot++)
+			if (slot->record_hash == record_hash && slot->dboid == MyDatabaseId)
+				slot->dboid = InvalidOid;
+		LWLockRelease(bucket_lock(lockno));
+	}
 }
 
 /*
