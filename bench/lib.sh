@@ -16,7 +16,8 @@ die() { log "ERROR: $*"; exit 1; }
 # Start the server: settings that hold for every part; the enforcement
 # database turns synchronous_commit off for itself (see setup_databases).
 # sor's shared ownership cache is sized to hold the 100,000 entries of
-# part 1 (about 40 MB; the default holds 65,536).
+# part 1 (about 40 MB; the default holds 65,536).  bench/run reserves huge
+# pages for the shared memory.
 start_server() {
     "$bin/initdb" -D "$work/data" -A trust -E UTF8 --locale=C >/dev/null
     cat >>"$work/data/postgresql.conf" <<EOF
@@ -25,6 +26,7 @@ unix_socket_directories = '$sock'
 port = $port
 shared_preload_libraries = 'sor'
 shared_buffers = 1GB
+huge_pages = try
 max_wal_size = 8GB
 checkpoint_timeout = 30min
 max_locks_per_transaction = 256
