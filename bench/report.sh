@@ -13,7 +13,7 @@ describe_setup() {
 - date: $(date -u '+%Y-%m-%d %H:%M UTC'); sor commit: ${SOR_COMMIT:-unknown}
 - machine: $(nproc) CPUs ($cpu), $mem RAM, Linux $(uname -r)
 - server: $(sql postgres -c "SELECT version()")
-- settings (all databases): $(sql postgres -c "SELECT string_agg(name || ' = ' || setting || coalesce(unit, ''), ', ' ORDER BY name)
+- settings (all databases): $(sql postgres -c "SELECT string_agg(name || ' = ' || current_setting(name), ', ' ORDER BY name)
     FROM pg_settings WHERE source IN ('configuration file', 'command line')
      AND name NOT IN ('unix_socket_directories', 'data_directory', 'hba_file', 'ident_file', 'config_file',
                       'lc_messages', 'lc_monetary', 'lc_numeric', 'lc_time', 'log_timezone', 'TimeZone',
