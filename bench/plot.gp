@@ -7,7 +7,7 @@ set style histogram clustered gap 1
 set style fill solid 0.85 border -1
 set boxwidth 0.9
 set grid ytics
-set key top right
+set key outside right top
 set datafile separator "\t"
 set xtics rotate by -20 noenhanced
 set yrange [0:*]

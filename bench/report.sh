@@ -18,7 +18,7 @@ describe_setup() {
      AND name NOT IN ('unix_socket_directories', 'data_directory', 'hba_file', 'ident_file', 'config_file',
                       'lc_messages', 'lc_monetary', 'lc_numeric', 'lc_time', 'log_timezone', 'TimeZone',
                       'default_text_search_config', 'dynamic_shared_memory_type')")
-- huge pages: $(awk '/^HugePages_Total:/ { t = $2 } /^HugePages_Free:/ { f = $2 } /^HugePages_Rsvd:/ { r = $2 } /^Hugepagesize:/ { kb = $2 } END { printf "%d of %d kB reserved for the run, %d in use by the server at the end", t, kb, t - f + r }' /proc/meminfo)
+- huge pages: $(awk '/^HugePages_Total:/ { t = $2 } /^HugePages_Free:/ { f = $2 } /^HugePages_Rsvd:/ { r = $2 } /^Hugepagesize:/ { kb = $2 } END { printf "%d pages of %d kB reserved for the run, %d in use by the server at the end", t, kb, t - f + r }' /proc/meminfo)
 - database enforce (part 1): synchronous_commit = off; database queue (parts 2-4): synchronous_commit = on (durable, the default)
 - rounds: pgbench $rounds × ${secs} s per variant, bulk $bulk_rounds rounds of $bulk_rows rows, queue $queue_rounds rounds; runtime of the benchmark: $(( (SECONDS + 30) / 60 )) min
 EOF
