@@ -88,12 +88,11 @@ sor_prewarm_shared_cache_sql(PG_FUNCTION_ARGS)
 	char	   *domain_name = sor_required_text_arg(fcinfo, 0, "domain");
 	SorDomain  *domain;
 
-	sor_cache_revalidate();
-	(void) sor_lookup_domain(domain_name, false);
-	sor_shared_cache_check_usable();
+	/* the lock first: what comes after it sees the hand-offs it waited for */
 	sor_lock_domain_against_handoffs(domain_name);
 	sor_cache_revalidate();
 	domain = sor_lookup_domain(domain_name, false);
+	sor_shared_cache_check_usable();
 	PG_RETURN_INT64(sor_prewarm_shared_cache(domain));
 }
 

@@ -175,27 +175,23 @@ sor_shared_cache_check_usable(void)
 }
 
 /*
- * The first slot of bucket choice (0 or 1) of a record, and the bucket's
- * lock number.
+ * The two buckets a record may go to: the first slot of each, and each
+ * bucket's lock.  The locks are in one array, so taking them in the order
+ * of their addresses takes them in one order everywhere.
  */
-static SharedOwnerSlot *
-bucket_of(uint64 record_hash, int choice, int *lockno)
+static void
+buckets_of(uint64 record_hash, SharedOwnerSlot *first[2], LWLock *lock[2])
 {
 	uint64		h = hash_combine64(record_hash, MyDatabaseId);
-	uint32		bucket;
+	uint32		bucket[2];
 
-	if (choice == 0)
-		bucket = (uint32) (h % (uint64) shared_cache->nbuckets);
-	else
-		bucket = (uint32) ((h >> 32) % (uint64) shared_cache->nbuckets);
-	*lockno = bucket % SOR_SHARED_CACHE_LOCKS;
-	return &shared_cache->slots[bucket * SOR_SHARED_CACHE_WAYS];
-}
-
-static LWLock *
-bucket_lock(int lockno)
-{
-	return &shared_cache->locks[lockno].lock;
+	bucket[0] = (uint32) (h % (uint64) shared_cache->nbuckets);
+	bucket[1] = (uint32) ((h >> 32) % (uint64) shared_cache->nbuckets);
+	for (int choice = 0; choice < 2; choice++)
+	{
+		first[choice] = &shared_cache->slots[bucket[choice] * SOR_SHARED_CACHE_WAYS];
+		lock[choice] = &shared_cache->locks[bucket[choice] % SOR_SHARED_CACHE_LOCKS].lock;
+	}
 }
 
 /* "domain\0key" into buf; false if it does not fit a slot. */
@@ -238,8 +234,8 @@ sor_shared_cache_get(Oid owner_entry, const char *domain, const char *key,
 	char		domain_key[SOR_SHARED_KEY_MAX];
 	uint8		len;
 	uint32		generation;
-	SharedOwnerSlot *slot;
-	int			lockno;
+	SharedOwnerSlot *first[2];
+	LWLock	   *lock[2];
 	bool		found = false;
 	int			choice;
 	int			i;
@@ -248,10 +244,12 @@ sor_shared_cache_get(Oid owner_entry, const char *domain, const char *key,
 		!make_domain_key(domain, key, domain_key, &len))
 		return false;
 
+	buckets_of(record_hash, first, lock);
 	for (choice = 0; choice < 2 && !found; choice++)
 	{
-		slot = bucket_of(record_hash, choice, &lockno);
-		LWLockAcquire(bucket_lock(lockno), LW_SHARED);
+		SharedOwnerSlot *slot = first[choice];
+
+		LWLockAcquire(lock[choice], LW_SHARED);
 		generation = pg_atomic_read_u32(&shared_cache->generation);
 		for (i = 0; i < SOR_SHARED_CACHE_WAYS; i++, slot++)
 		{
@@ -265,7 +263,7 @@ sor_shared_cache_get(Oid owner_entry, const char *domain, const char *key,
 			entry->epoch = slot->epoch;
 			break;
 		}
-		LWLockRelease(bucket_lock(lockno));
+		LWLockRelease(lock[choice]);
 	}
 	return found;
 }
@@ -285,7 +283,9 @@ sor_shared_cache_put(Oid owner_entry, const char *domain, const char *key,
 	uint32		generation;
 	SharedOwnerSlot *first[2];
 	SharedOwnerSlot *slot = NULL;
-	int			lockno[2];
+	LWLock	   *lock[2];
+	LWLock	   *lower;
+	LWLock	   *upper;
 	int			choice;
 	int			i;
 
@@ -293,12 +293,13 @@ sor_shared_cache_put(Oid owner_entry, const char *domain, const char *key,
 		!make_domain_key(domain, key, domain_key, &len))
 		return false;
 
-	/* both buckets' locks, in the order of their numbers */
-	first[0] = bucket_of(record_hash, 0, &lockno[0]);
-	first[1] = bucket_of(record_hash, 1, &lockno[1]);
-	LWLockAcquire(bucket_lock(Min(lockno[0], lockno[1])), LW_EXCLUSIVE);
-	if (lockno[0] != lockno[1])
-		LWLockAcquire(bucket_lock(Max(lockno[0], lockno[1])), LW_EXCLUSIVE);
+	/* both buckets' locks, in the order of their addresses */
+	buckets_of(record_hash, first, lock);
+	lower = Min(lock[0], lock[1]);
+	upper = Max(lock[0], lock[1]);
+	LWLockAcquire(lower, LW_EXCLUSIVE);
+	if (upper != lower)
+		LWLockAcquire(upper, LW_EXCLUSIVE);
 	generation = pg_atomic_read_u32(&shared_cache->generation);
 	/* the record's own slot, else an unused or old one, else by the hash */
 	for (choice = 0; choice < 2 && slot == NULL; choice++)
@@ -323,9 +324,9 @@ sor_shared_cache_put(Oid owner_entry, const char *domain, const char *key,
 	slot->epoch = entry ? entry->epoch : 0;
 	strlcpy(slot->site, entry ? entry->site : "", NAMEDATALEN);
 	memcpy(slot->domain_key, domain_key, len);
-	if (lockno[0] != lockno[1])
-		LWLockRelease(bucket_lock(Max(lockno[0], lockno[1])));
-	LWLockRelease(bucket_lock(Min(lockno[0], lockno[1])));
+	if (upper != lower)
+		LWLockRelease(upper);
+	LWLockRelease(lower);
 	return true;
 }
 
@@ -338,8 +339,8 @@ void
 sor_shared_cache_forget(const char *domain, const char *key)
 {
 	uint64		record_hash;
-	SharedOwnerSlot *slot;
-	int			lockno;
+	SharedOwnerSlot *first[2];
+	LWLock	   *lock[2];
 	int			choice;
 	int			i;
 
@@ -348,14 +349,15 @@ sor_shared_cache_forget(const char *domain, const char *key)
 		return;
 
 	record_hash = sor_record_hash(domain, key);
+	buckets_of(record_hash, first, lock);
 	for (choice = 0; choice < 2; choice++)
 	{
-		slot = bucket_of(record_hash, choice, &lockno);
-		LWLockAcquire(bucket_lock(lockno), LW_EXCLUSIVE);
-		for (i = 0; i < SOR_SHARED_CACHE_WAYS; i++, slot++)
-			if (slot->record_hash == record_hash && slot->dboid == MyDatabaseId)
-				slot->dboid = InvalidOid;
-		LWLockRelease(bucket_lock(lockno));
+		LWLockAcquire(lock[choice], LW_EXCLUSIVE);
+		for (i = 0; i < SOR_SHARED_CACHE_WAYS; i++)
+			if (first[choice][i].record_hash == record_hash &&
+				first[choice][i].dboid == MyDatabaseId)
+				first[choice][i].dboid = InvalidOid;
+		LWLockRelease(lock[choice]);
 	}
 }
 
