@@ -79,6 +79,10 @@ typedef struct SorDomain
 	/* while entries_cached is ALL: the entries' key digests, sorted */
 	uint64	   *entry_digests;	/* NULL: not known */
 	int			n_entry_digests;
+	/* a bulk write's lookups (sor_bulk_owner()), in one transaction */
+	struct BulkOwners *bulk_owners;
+	LocalTransactionId bulk_lxid;
+	uint64		bulk_generation;
 } SorDomain;
 
 /* Cached facts about one table that is registered or a partition of one. */
@@ -142,6 +146,9 @@ extern void sor_lookup_owner(SorDomain *domain, const char *key,
 							 uint64 record_hash, bool write_locked,
 							 SorOwnership *result);
 extern bool sor_key_has_no_entry(SorTable *table, Datum key);
+extern bool sor_bulk_owner(SorTable *table, Datum key, SorOwnership *result);
+extern void sor_bulk_remember_owner(SorTable *table, Datum key,
+									const SorOwnership *ownership);
 extern char *sor_canonical_key(SorDomain *domain, const char *key);
 extern int64 sor_prewarm_shared_cache(SorDomain *domain);
 extern char *sor_missing_acks(const char *domain, const char *key);
@@ -168,6 +175,7 @@ extern bool sor_shared_cache_put(Oid owner_entry, const char *domain,
 extern void sor_shared_cache_check_usable(void);
 extern void sor_shared_cache_forget(const char *domain, const char *key);
 extern void sor_shared_cache_forget_all(void);
+extern bool sor_transaction_changed_ownership(void);
 
 /* stats.c */
 extern void sor_stats_init(void);

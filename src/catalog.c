@@ -35,6 +35,7 @@
 #include "executor/executor.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/hsearch.h"
@@ -753,6 +754,191 @@ sor_key_has_no_entry(SorTable *table, Datum key)
 		return false;
 	return bsearch(&digest, domain->entry_digests, domain->n_entry_digests,
 				   sizeof(uint64), digest_cmp) == NULL;
+}
+
+/*
+ * What a bulk write looked up.  A transaction that holds its domain's write
+ * lock (it escalated, lock.c) writes many records, often the same ones
+ * again (the lines of one order, the events of one device).  Every owner
+ * it looks up for an integer key is kept in a table of its own, keyed by
+ * the key's value: the next row with that key needs neither the key's text
+ * nor a lookup in the ownership caches, whose entries are larger and
+ * farther away in memory.
+ *
+ * The answers stay true while the transaction holds the domain's lock,
+ * since no other transaction can commit a change of the domain's ownership
+ * before it ends; a change committed while a rolled back subtransaction had
+ * let the lock go is taken in, with its invalidation, when the lock is
+ * taken again.  So a table serves one transaction and one cache generation
+ * (every invalidation starts it over), is asked only while the domain's
+ * lock is held, and not at all once the transaction has changed an
+ * ownership entry itself, the rule of the shared cache.  All tables of the
+ * current generation live in bulk_context, a child of the transaction's
+ * memory.  Keys of other types are not kept: only an integer's value names
+ * its record exactly (key_digest() hashes the others).
+ */
+typedef struct BulkOwner
+{
+	uint64		key;			/* the key's value, as key_digest() gives it */
+	int64		epoch;
+	uint16		site;			/* index into BulkOwners.sites */
+	bool		owned;
+	bool		acks_missing;
+	char		status;			/* used by simplehash */
+} BulkOwner;
+
+#define SH_PREFIX		bulk_owner
+#define SH_ELEMENT_TYPE	BulkOwner
+#define SH_KEY_TYPE		uint64
+#define SH_KEY			key
+#define SH_HASH_KEY(tb, key) \
+	hash_combine(murmurhash32((uint32) (key)), murmurhash32((uint32) ((key) >> 32)))
+#define SH_EQUAL(tb, a, b)	((a) == (b))
+#define SH_SCOPE		static inline
+#define SH_DECLARE
+#define SH_DEFINE
+#include "lib/simplehash.h"
+
+/* At most this many keys per domain and transaction: a table of 12 MB. */
+#define SOR_BULK_OWNERS_MAX		(1 << 18)
+#define SOR_BULK_SITES_MAX		16
+
+typedef struct BulkOwners
+{
+	bulk_owner_hash *owners;
+	int64		hits;
+	int64		misses;
+	bool		given_up;		/* too few hits: neither asked nor filled */
+	int			nsites;
+	char		sites[SOR_BULK_SITES_MAX][NAMEDATALEN];
+} BulkOwners;
+
+static MemoryContext bulk_context = NULL;
+static LocalTransactionId bulk_context_lxid = InvalidLocalTransactionId;
+static uint64 bulk_context_generation = 0;
+
+/* The value of an integer key, which names its record exactly. */
+static bool
+integer_key(SorTable *table, Datum key, uint64 *value)
+{
+	switch (table->key_base_type)
+	{
+		case INT2OID:
+		case INT4OID:
+		case INT8OID:
+			return key_digest(table->key_base_type, key, value);
+		default:
+			return false;
+	}
+}
+
+/* domain's table of this transaction and generation, or NULL. */
+static BulkOwners *
+bulk_owners_of(SorDomain *domain)
+{
+	if (domain->bulk_owners != NULL &&
+		domain->bulk_lxid == MyLocalTransactionId &&
+		domain->bulk_generation == cache_generation &&
+		!sor_transaction_changed_ownership())
+		return domain->bulk_owners;
+	return NULL;
+}
+
+/*
+ * The owner of key (a value of table's key column) as this transaction
+ * looked it up before (sor_bulk_remember_owner()), into result; false if
+ * it did not.  The caller holds the domain's write lock.
+ */
+bool
+sor_bulk_owner(SorTable *table, Datum key, SorOwnership *result)
+{
+	BulkOwners *bulk = bulk_owners_of(table->domain);
+	BulkOwner  *owner;
+	uint64		value;
+
+	if (bulk == NULL || bulk->given_up || !integer_key(table, key, &value))
+		return false;
+	owner = bulk_owner_lookup(bulk->owners, value);
+	if (owner == NULL)
+	{
+		bulk->misses++;
+		return false;
+	}
+	bulk->hits++;
+	memset(result, 0, sizeof(SorOwnership));
+	result->owned = owner->owned;
+	if (owner->owned)
+		strlcpy(result->site, bulk->sites[owner->site], NAMEDATALEN);
+	result->epoch = owner->epoch;
+	result->acks_missing = owner->acks_missing;
+	return true;
+}
+
+/*
+ * Keep what sor_lookup_owner() answered for key, a value of table's key
+ * column, for the rest of this transaction.  The caller holds the domain's
+ * write lock, and has looked the owner up after taking it.
+ */
+void
+sor_bulk_remember_owner(SorTable *table, Datum key,
+						const SorOwnership *ownership)
+{
+	SorDomain  *domain = table->domain;
+	BulkOwners *bulk = bulk_owners_of(domain);
+	BulkOwner  *owner;
+	uint64		value;
+	int			site = 0;
+	bool		found;
+
+	if (!integer_key(table, key, &value) ||
+		sor_transaction_changed_ownership())
+		return;
+	if (bulk == NULL)
+	{
+		if (bulk_context_lxid != MyLocalTransactionId)
+		{
+			/* the last one went with its transaction's memory */
+			bulk_context = AllocSetContextCreate(TopTransactionContext,
+												 "sor bulk owners",
+												 ALLOCSET_DEFAULT_SIZES);
+			bulk_context_lxid = MyLocalTransactionId;
+		}
+		else if (bulk_context_generation != cache_generation)
+			MemoryContextReset(bulk_context);
+		bulk_context_generation = cache_generation;
+		bulk = MemoryContextAllocZero(bulk_context, sizeof(BulkOwners));
+		bulk->owners = bulk_owner_create(bulk_context, 256, NULL);
+		domain->bulk_owners = bulk;
+		domain->bulk_lxid = MyLocalTransactionId;
+		domain->bulk_generation = cache_generation;
+	}
+	if (bulk->given_up)
+		return;
+	if (bulk->owners->members >= SOR_BULK_OWNERS_MAX)
+	{
+		/*
+		 * Full.  A key not found costs a miss in memory too: with fewer
+		 * hits than a quarter of the misses, the transaction writes most
+		 * records once, and the table is no longer asked.
+		 */
+		bulk->given_up = bulk->hits < bulk->misses / 4;
+		return;
+	}
+	if (ownership->owned)
+	{
+		while (site < bulk->nsites &&
+			   strcmp(bulk->sites[site], ownership->site) != 0)
+			site++;
+		if (site == SOR_BULK_SITES_MAX)
+			return;
+		if (site == bulk->nsites)
+			strlcpy(bulk->sites[bulk->nsites++], ownership->site, NAMEDATALEN);
+	}
+	owner = bulk_owner_insert(bulk->owners, value, &found);
+	owner->epoch = ownership->epoch;
+	owner->site = (uint16) site;
+	owner->owned = ownership->owned;
+	owner->acks_missing = ownership->acks_missing;
 }
 
 /* Put the ownership of (domain, key) into the ownership cache. */

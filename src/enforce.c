@@ -171,7 +171,8 @@ text_or_null(const char *value, char *null)
  * A transaction that holds its domain's lock (a bulk write) takes no more
  * locks, and in a domain whose keys all fall to the default owner needs
  * neither the key's text nor a lookup: the fast path of COPY and
- * INSERT ... SELECT.
+ * INSERT ... SELECT.  Nor does it for an integer key that it has looked up
+ * before (sor_bulk_owner()).
  */
 static SorTable *
 lock_record(Relation rel, HeapTuple tuple, Datum *key, SorOwnership *owner)
@@ -200,7 +201,8 @@ lock_record(Relation rel, HeapTuple tuple, Datum *key, SorOwnership *owner)
 	/*
 	 * A bulk write that holds its domain's lock: no hand-off of the domain
 	 * can commit before it ends, so no lock calls; and for a key known to
-	 * fall to the default owner, no text form and no lookup either.
+	 * fall to the default owner, or looked up before, no text form and no
+	 * lookup either.
 	 */
 	if (sor_domain_write_locked(table->domain->name))
 	{
@@ -210,10 +212,13 @@ lock_record(Relation rel, HeapTuple tuple, Datum *key, SorOwnership *owner)
 			sor_lookup_owner(table->domain, NULL, 0, true, owner);
 			return table;
 		}
+		if (sor_bulk_owner(table, *key, owner))
+			return table;
 		key_string = OutputFunctionCall(&table->key_output, *key);
 		sor_lookup_owner(table->domain, key_string,
 						 sor_record_hash(table->domain->name, key_string), true,
 						 owner);
+		sor_bulk_remember_owner(table, *key, owner);
 		return table;
 	}
 

@@ -151,7 +151,14 @@ sor_shared_cache_init(void)
 static bool
 shared_cache_usable(void)
 {
-	return shared_cache != NULL && changed_in != MyLocalTransactionId;
+	return shared_cache != NULL && !sor_transaction_changed_ownership();
+}
+
+/* Whether this transaction has changed an ownership entry. */
+bool
+sor_transaction_changed_ownership(void)
+{
+	return changed_in == MyLocalTransactionId;
 }
 
 /*
@@ -167,7 +174,7 @@ sor_shared_cache_check_usable(void)
 				 errmsg("sor's shared ownership cache is not available"),
 				 errdetail("It needs sor in shared_preload_libraries and sor.shared_cache_entries of at least %d.",
 						   SOR_SHARED_CACHE_WAYS)));
-	if (changed_in == MyLocalTransactionId)
+	if (sor_transaction_changed_ownership())
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("cannot fill the shared ownership cache in a transaction that has changed ownership"),
