@@ -799,8 +799,8 @@ typedef struct BulkOwner
 #define SH_DEFINE
 #include "lib/simplehash.h"
 
-/* At most this many keys per domain and transaction: a table of 12 MB. */
-#define SOR_BULK_OWNERS_MAX		(1 << 18)
+/* At most this many keys per domain and transaction: a table of 6 MB. */
+#define SOR_BULK_OWNERS_MAX		(1 << 17)
 #define SOR_BULK_SITES_MAX		16
 
 typedef struct BulkOwners
