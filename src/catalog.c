@@ -844,6 +844,31 @@ bulk_owners_of(SorDomain *domain)
 	return NULL;
 }
 
+/* A new, empty table for domain in this transaction and generation. */
+static BulkOwners *
+new_bulk_owners(SorDomain *domain)
+{
+	BulkOwners *bulk;
+
+	if (bulk_context_lxid != MyLocalTransactionId)
+	{
+		/* the last one went with its transaction's memory */
+		bulk_context = AllocSetContextCreate(TopTransactionContext,
+											 "sor bulk owners",
+											 ALLOCSET_DEFAULT_SIZES);
+		bulk_context_lxid = MyLocalTransactionId;
+	}
+	else if (bulk_context_generation != cache_generation)
+		MemoryContextReset(bulk_context);
+	bulk_context_generation = cache_generation;
+	bulk = MemoryContextAllocZero(bulk_context, sizeof(BulkOwners));
+	bulk->owners = bulk_owner_create(bulk_context, 256, NULL);
+	domain->bulk_owners = bulk;
+	domain->bulk_lxid = MyLocalTransactionId;
+	domain->bulk_generation = cache_generation;
+	return bulk;
+}
+
 /*
  * The owner of key (a value of table's key column) as this transaction
  * looked it up before (sor_bulk_remember_owner()), into result; false if
@@ -883,8 +908,7 @@ void
 sor_bulk_remember_owner(SorTable *table, Datum key,
 						const SorOwnership *ownership)
 {
-	SorDomain  *domain = table->domain;
-	BulkOwners *bulk = bulk_owners_of(domain);
+	BulkOwners *bulk;
 	BulkOwner  *owner;
 	uint64		value;
 	int			site = 0;
@@ -893,25 +917,9 @@ sor_bulk_remember_owner(SorTable *table, Datum key,
 	if (!integer_key(table, key, &value) ||
 		sor_transaction_changed_ownership())
 		return;
+	bulk = bulk_owners_of(table->domain);
 	if (bulk == NULL)
-	{
-		if (bulk_context_lxid != MyLocalTransactionId)
-		{
-			/* the last one went with its transaction's memory */
-			bulk_context = AllocSetContextCreate(TopTransactionContext,
-												 "sor bulk owners",
-												 ALLOCSET_DEFAULT_SIZES);
-			bulk_context_lxid = MyLocalTransactionId;
-		}
-		else if (bulk_context_generation != cache_generation)
-			MemoryContextReset(bulk_context);
-		bulk_context_generation = cache_generation;
-		bulk = MemoryContextAllocZero(bulk_context, sizeof(BulkOwners));
-		bulk->owners = bulk_owner_create(bulk_context, 256, NULL);
-		domain->bulk_owners = bulk;
-		domain->bulk_lxid = MyLocalTransactionId;
-		domain->bulk_generation = cache_generation;
-	}
+		bulk = new_bulk_owners(table->domain);
 	if (bulk->given_up)
 		return;
 	if (bulk->owners->members >= SOR_BULK_OWNERS_MAX)
