@@ -166,10 +166,10 @@ extern void sor_lock_domain_against_handoffs(const char *domain);
 
 /* shared_cache.c */
 extern void sor_shared_cache_init(void);
-extern bool sor_shared_cache_get(Oid owner_entry, const char *domain,
+extern bool sor_shared_cache_get(Oid owner_entry, const SorDomain *domain,
 								 const char *key, uint64 record_hash,
 								 bool *has_entry, SorOwnership *entry);
-extern bool sor_shared_cache_put(Oid owner_entry, const char *domain,
+extern bool sor_shared_cache_put(Oid owner_entry, const SorDomain *domain,
 								 const char *key, uint64 record_hash,
 								 const SorOwnership *entry);
 extern void sor_shared_cache_check_usable(void);

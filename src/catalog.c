@@ -1098,7 +1098,7 @@ sor_prewarm_shared_cache(SorDomain *domain)
 		caller = MemoryContextSwitchTo(per_entry);
 		key = TextDatumGetCString(values[Anum_owner_entry_key - 1]);
 		ownership_of_entry(domain, key, values, &ownership);
-		if (sor_shared_cache_put(catalog.owner_entry, domain->name, key,
+		if (sor_shared_cache_put(catalog.owner_entry, domain, key,
 								 sor_record_hash(domain->name, key),
 								 &ownership))
 			n++;
@@ -1208,7 +1208,7 @@ shared_ownership(SorDomain *domain, const char *key, uint64 record_hash,
 	SorOwnership entry;
 	bool		has_entry;
 
-	if (!sor_shared_cache_get(catalog.owner_entry, domain->name, key,
+	if (!sor_shared_cache_get(catalog.owner_entry, domain, key,
 							  record_hash, &has_entry, &entry))
 		return false;
 	if (has_entry)
@@ -1284,7 +1284,7 @@ sor_lookup_owner(SorDomain *domain, const char *key, uint64 record_hash,
 		default_ownership(domain, result);
 	cache_ownership(domain, key, record_hash, result);
 	if (write_locked && !awaiting_acks)
-		sor_shared_cache_put(catalog.owner_entry, domain->name, key,
+		sor_shared_cache_put(catalog.owner_entry, domain, key,
 							 record_hash, has_entry ? &entry : NULL);
 }
 

@@ -38,12 +38,23 @@
  * The cache is an array of buckets of SOR_SHARED_CACHE_WAYS slots, each
  * bucket under one of SOR_SHARED_CACHE_LOCKS lightweight locks.  A record
  * may go to either of two buckets (both picked by its hash and database):
- * the first with a free slot, else a slot picked by the hash in the first
- * is overwritten.  In a cache 1.6 times the size of a domain, one choice
- * would leave about 6% of the domain's records out (a bucket gets more
- * than 4 of them); with two, a record is left out only when both of its
- * buckets are full.  Records whose "domain\0key" is
- * longer than SOR_SHARED_KEY_MAX bytes are not kept.  The size is
+ * the one with more free slots, else a slot picked by the hash in the
+ * first is overwritten.  In a cache 1.6 times the size of a domain, one
+ * choice would leave about 6% of the domain's records out (a bucket gets
+ * more than 4 of them); taking the first bucket with a free slot, 1%; the
+ * emptier of the two, 0.03% (a simulation of 10 million records in 4
+ * million buckets), with 28% of the records in their second bucket, where
+ * a lookup reads both.
+ *
+ * A slot is one cache line (64 bytes), so that a lookup that finds its
+ * record reads one line of it.  It names its domain and site by numbers:
+ * each name is written once into a table of names in shared memory
+ * (SOR_SHARED_NAMES of them, never removed until the server restarts), and
+ * each backend remembers the numbers of the names it has used.  The key is
+ * kept whole, to be compared exactly: its text if it is at most
+ * SOR_SHARED_KEY_MAX bytes, and a uuid key (always 36 characters) as its
+ * 16 bytes.  Records with a longer key, or a domain or site whose name
+ * the table of names cannot take, are not kept.  The size is
  * sor.shared_cache_entries; without sor in shared_preload_libraries there
  * is no shared cache and every function here does nothing.
  *
@@ -51,6 +62,7 @@
  */
 #include "postgres.h"
 
+#include "catalog/pg_type_d.h"
 #include "common/hashfn.h"
 #include "miscadmin.h"
 #include "port/atomics.h"
@@ -58,35 +70,57 @@
 #include "storage/lwlock.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
+#include "utils/hsearch.h"
+#include "utils/memutils.h"
+#include "utils/uuid.h"
 
 #include "sor.h"
 
-#define SOR_SHARED_KEY_MAX		64
 #define SOR_SHARED_CACHE_WAYS	4
 #define SOR_SHARED_CACHE_LOCKS	128
+#define SOR_SHARED_KEY_MAX		31
+#define SOR_SHARED_NAMES		1024
+
+/* in SharedOwnerSlot.key_len: the key is a uuid's 16 bytes, not its text */
+#define SOR_KEY_PACKED_UUID		0x80
 
 typedef struct SharedOwnerSlot
 {
 	uint64		record_hash;
+	int64		epoch;
 	Oid			dboid;			/* InvalidOid: slot unused */
 	Oid			owner_entry;	/* OID of sor.owner_entry in dboid */
 	uint32		generation;		/* of the cache, when filled */
-	bool		has_entry;		/* else: no entry, the default owner */
-	uint8		len;			/* of domain_key */
-	int64		epoch;
-	char		site[NAMEDATALEN];
-	char		domain_key[SOR_SHARED_KEY_MAX];	/* "domain\0key" */
+	uint16		domain;			/* number of the domain's name */
+	uint16		site;			/* number of the site's name; 0: no entry,
+								 * the default owner */
+	uint8		key_len;		/* of key, or SOR_KEY_PACKED_UUID | 16 */
+	char		key[SOR_SHARED_KEY_MAX];
 } SharedOwnerSlot;
+
+StaticAssertDecl(sizeof(SharedOwnerSlot) == 64,
+				 "a shared ownership slot is one cache line");
 
 typedef struct SharedCache
 {
 	pg_atomic_uint32 generation;
 	int			nbuckets;
-	LWLockPadded *locks;
-	SharedOwnerSlot slots[FLEXIBLE_ARRAY_MEMBER];
+	LWLockPadded *locks;		/* SOR_SHARED_CACHE_LOCKS, then the names' */
+	SharedOwnerSlot *slots;		/* aligned to a cache line */
+	/* names of domains and sites: number n is names[n - 1] */
+	pg_atomic_uint32 nnames;
+	NameData	names[SOR_SHARED_NAMES];
 } SharedCache;
 
+/* A backend's memory of the numbers of names (local_names). */
+typedef struct LocalName
+{
+	char		name[NAMEDATALEN];	/* hash key */
+	uint16		number;			/* 0: the table of names is full */
+} LocalName;
+
 static SharedCache *shared_cache = NULL;
+static HTAB *local_names = NULL;
 
 /* The transaction that changed an ownership entry last in this backend. */
 static LocalTransactionId changed_in = InvalidLocalTransactionId;
@@ -97,7 +131,8 @@ static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 static Size
 shared_cache_size(void)
 {
-	return add_size(offsetof(SharedCache, slots),
+	/* the slots, aligned to a cache line after the header */
+	return add_size(sizeof(SharedCache) + PG_CACHE_LINE_SIZE,
 					mul_size(sor_shared_cache_entries, sizeof(SharedOwnerSlot)));
 }
 
@@ -107,7 +142,8 @@ shared_cache_shmem_request(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(shared_cache_size());
-	RequestNamedLWLockTranche("sor shared cache", SOR_SHARED_CACHE_LOCKS);
+	/* the buckets' locks, and one for adding names */
+	RequestNamedLWLockTranche("sor shared cache", SOR_SHARED_CACHE_LOCKS + 1);
 }
 
 static void
@@ -127,6 +163,9 @@ shared_cache_shmem_startup(void)
 		pg_atomic_init_u32(&shared_cache->generation, 1);
 		shared_cache->nbuckets = sor_shared_cache_entries / SOR_SHARED_CACHE_WAYS;
 		shared_cache->locks = GetNamedLWLockTranche("sor shared cache");
+		shared_cache->slots = (SharedOwnerSlot *)
+			CACHELINEALIGN((char *) shared_cache + sizeof(SharedCache));
+		pg_atomic_init_u32(&shared_cache->nnames, 0);
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -201,31 +240,109 @@ buckets_of(uint64 record_hash, SharedOwnerSlot *first[2], LWLock *lock[2])
 	}
 }
 
-/* "domain\0key" into buf; false if it does not fit a slot. */
-static bool
-make_domain_key(const char *domain, const char *key, char *buf, uint8 *len)
+/*
+ * The number of a name in the table of names, added if need be: 0 if it is
+ * too long for the table or the table is full.  Each backend asks the
+ * table once for each name, and remembers the answer.
+ */
+static uint16
+shared_name(const char *name)
 {
-	size_t		dlen = strlen(domain);
+	LocalName  *local;
+	bool		found;
+	LWLock	   *lock = &shared_cache->locks[SOR_SHARED_CACHE_LOCKS].lock;
+	uint32		n;
+	uint32		i;
+
+	if (strlen(name) >= NAMEDATALEN)
+		return 0;
+	if (local_names == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = NAMEDATALEN;
+		ctl.entrysize = sizeof(LocalName);
+		ctl.hcxt = TopMemoryContext;
+		local_names = hash_create("sor shared cache names", 16, &ctl,
+								  HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	}
+	local = hash_search(local_names, name, HASH_FIND, NULL);
+	if (local != NULL)
+		return local->number;
+
+	/* names are only ever added, each before nnames counts it */
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	n = pg_atomic_read_u32(&shared_cache->nnames);
+	for (i = 0; i < n; i++)
+		if (strcmp(NameStr(shared_cache->names[i]), name) == 0)
+			break;
+	if (i == n && n < SOR_SHARED_NAMES)
+	{
+		strlcpy(NameStr(shared_cache->names[n]), name, NAMEDATALEN);
+		pg_atomic_write_u32(&shared_cache->nnames, n + 1);
+	}
+	LWLockRelease(lock);
+
+	local = hash_search(local_names, name, HASH_ENTER, &found);
+	local->number = i < SOR_SHARED_NAMES ? (uint16) (i + 1) : 0;
+	return local->number;
+}
+
+/*
+ * key as a slot keeps it, into buf: false if it does not fit.  A uuid key,
+ * in its canonical text form (uuid_out's), is kept as its 16 bytes.
+ */
+static bool
+pack_key(const SorDomain *domain, const char *key, char *buf, uint8 *len)
+{
 	size_t		klen = strlen(key);
 
-	if (dlen + 1 + klen > SOR_SHARED_KEY_MAX)
+	if (domain->key_type == UUIDOID && klen == 36 &&
+		key[8] == '-' && key[13] == '-' && key[18] == '-' && key[23] == '-')
+	{
+		int			n = 0;
+
+		/* 32 hexadecimal digits in small letters, in groups of 8-4-4-4-12 */
+		for (const char *p = key; *p != '\0'; p++)
+		{
+			int			digit;
+
+			if (p - key == 8 || p - key == 13 || p - key == 18 || p - key == 23)
+				continue;
+			if (*p >= '0' && *p <= '9')
+				digit = *p - '0';
+			else if (*p >= 'a' && *p <= 'f')
+				digit = *p - 'a' + 10;
+			else
+				return false;
+			if (n % 2 == 0)
+				buf[n / 2] = (char) (digit << 4);
+			else
+				buf[n / 2] |= (char) digit;
+			n++;
+		}
+		Assert(n == 2 * UUID_LEN);
+		*len = SOR_KEY_PACKED_UUID | UUID_LEN;
+		return true;
+	}
+	if (klen > SOR_SHARED_KEY_MAX)
 		return false;
-	memcpy(buf, domain, dlen + 1);
-	memcpy(buf + dlen + 1, key, klen);
-	*len = (uint8) (dlen + 1 + klen);
+	memcpy(buf, key, klen);
+	*len = (uint8) klen;
 	return true;
 }
 
 static bool
 slot_is(SharedOwnerSlot *slot, uint64 record_hash, Oid owner_entry,
-		uint32 generation, const char *domain_key, uint8 len)
+		uint32 generation, uint16 domain, const char *key, uint8 key_len)
 {
 	return slot->record_hash == record_hash &&
 		slot->dboid == MyDatabaseId &&
 		slot->owner_entry == owner_entry &&
 		slot->generation == generation &&
-		slot->len == len &&
-		memcmp(slot->domain_key, domain_key, len) == 0;
+		slot->domain == domain &&
+		slot->key_len == key_len &&
+		memcmp(slot->key, key, key_len & ~SOR_KEY_PACKED_UUID) == 0;
 }
 
 /*
@@ -235,11 +352,15 @@ slot_is(SharedOwnerSlot *slot, uint64 record_hash, Oid owner_entry,
  * record's write lock.
  */
 bool
-sor_shared_cache_get(Oid owner_entry, const char *domain, const char *key,
-					 uint64 record_hash, bool *has_entry, SorOwnership *entry)
+sor_shared_cache_get(Oid owner_entry, const SorDomain *domain,
+					 const char *key, uint64 record_hash,
+					 bool *has_entry, SorOwnership *entry)
 {
-	char		domain_key[SOR_SHARED_KEY_MAX];
-	uint8		len;
+	char		packed[SOR_SHARED_KEY_MAX];
+	uint8		key_len;
+	uint16		domain_name;
+	uint16		site = 0;
+	int64		epoch = 0;
 	uint32		generation;
 	SharedOwnerSlot *first[2];
 	LWLock	   *lock[2];
@@ -248,7 +369,8 @@ sor_shared_cache_get(Oid owner_entry, const char *domain, const char *key,
 	int			i;
 
 	if (!shared_cache_usable() ||
-		!make_domain_key(domain, key, domain_key, &len))
+		!pack_key(domain, key, packed, &key_len) ||
+		(domain_name = shared_name(domain->name)) == 0)
 		return false;
 
 	buckets_of(record_hash, first, lock);
@@ -260,19 +382,27 @@ sor_shared_cache_get(Oid owner_entry, const char *domain, const char *key,
 		generation = pg_atomic_read_u32(&shared_cache->generation);
 		for (i = 0; i < SOR_SHARED_CACHE_WAYS; i++, slot++)
 		{
-			if (!slot_is(slot, record_hash, owner_entry, generation, domain_key, len))
+			if (!slot_is(slot, record_hash, owner_entry, generation,
+						 domain_name, packed, key_len))
 				continue;
 			found = true;
-			*has_entry = slot->has_entry;
-			memset(entry, 0, sizeof(SorOwnership));
-			entry->owned = slot->has_entry;
-			strlcpy(entry->site, slot->site, NAMEDATALEN);
-			entry->epoch = slot->epoch;
+			site = slot->site;
+			epoch = slot->epoch;
 			break;
 		}
 		LWLockRelease(lock[choice]);
 	}
-	return found;
+	if (!found)
+		return false;
+
+	*has_entry = site != 0;
+	memset(entry, 0, sizeof(SorOwnership));
+	entry->owned = site != 0;
+	if (site != 0)
+		strlcpy(entry->site, NameStr(shared_cache->names[site - 1]),
+				NAMEDATALEN);
+	entry->epoch = epoch;
+	return true;
 }
 
 /*
@@ -282,11 +412,14 @@ sor_shared_cache_get(Oid owner_entry, const char *domain, const char *key,
  * probed after taking it.  False if the record cannot be kept.
  */
 bool
-sor_shared_cache_put(Oid owner_entry, const char *domain, const char *key,
-					 uint64 record_hash, const SorOwnership *entry)
+sor_shared_cache_put(Oid owner_entry, const SorDomain *domain,
+					 const char *key, uint64 record_hash,
+					 const SorOwnership *entry)
 {
-	char		domain_key[SOR_SHARED_KEY_MAX];
-	uint8		len;
+	char		packed[SOR_SHARED_KEY_MAX];
+	uint8		key_len;
+	uint16		domain_name;
+	uint16		site = 0;
 	uint32		generation;
 	SharedOwnerSlot *first[2];
 	SharedOwnerSlot *slot = NULL;
@@ -297,7 +430,9 @@ sor_shared_cache_put(Oid owner_entry, const char *domain, const char *key,
 	int			i;
 
 	if (!shared_cache_usable() ||
-		!make_domain_key(domain, key, domain_key, &len))
+		!pack_key(domain, key, packed, &key_len) ||
+		(domain_name = shared_name(domain->name)) == 0 ||
+		(entry != NULL && (site = shared_name(entry->site)) == 0))
 		return false;
 
 	/* both buckets' locks, in the order of their addresses */
@@ -308,29 +443,44 @@ sor_shared_cache_put(Oid owner_entry, const char *domain, const char *key,
 	if (upper != lower)
 		LWLockAcquire(upper, LW_EXCLUSIVE);
 	generation = pg_atomic_read_u32(&shared_cache->generation);
-	/* the record's own slot, else an unused or old one, else by the hash */
+	/*
+	 * The record's own slot, else an unused or old one in the bucket with
+	 * more of them (the first if both have as many), else one picked by
+	 * the hash in the first.
+	 */
 	for (choice = 0; choice < 2 && slot == NULL; choice++)
 		for (i = 0; i < SOR_SHARED_CACHE_WAYS && slot == NULL; i++)
 			if (slot_is(&first[choice][i], record_hash, owner_entry,
-						generation, domain_key, len))
-				slot = &first[choice][i];
-	for (choice = 0; choice < 2 && slot == NULL; choice++)
-		for (i = 0; i < SOR_SHARED_CACHE_WAYS && slot == NULL; i++)
-			if (first[choice][i].dboid == InvalidOid ||
-				first[choice][i].generation != generation)
+						generation, domain_name, packed, key_len))
 				slot = &first[choice][i];
 	if (slot == NULL)
-		slot = &first[0][(record_hash >> 32) % SOR_SHARED_CACHE_WAYS];
+	{
+		SharedOwnerSlot *free_slot[2] = {NULL, NULL};
+		int			nfree[2] = {0, 0};
+
+		for (choice = 0; choice < 2; choice++)
+			for (i = 0; i < SOR_SHARED_CACHE_WAYS; i++)
+				if (first[choice][i].dboid == InvalidOid ||
+					first[choice][i].generation != generation)
+				{
+					free_slot[choice] = &first[choice][i];
+					nfree[choice]++;
+				}
+		if (nfree[0] == 0 && nfree[1] == 0)
+			slot = &first[0][(record_hash >> 32) % SOR_SHARED_CACHE_WAYS];
+		else
+			slot = free_slot[nfree[1] > nfree[0] ? 1 : 0];
+	}
 
 	slot->record_hash = record_hash;
+	slot->epoch = entry ? entry->epoch : 0;
 	slot->dboid = MyDatabaseId;
 	slot->owner_entry = owner_entry;
 	slot->generation = generation;
-	slot->has_entry = entry != NULL;
-	slot->len = len;
-	slot->epoch = entry ? entry->epoch : 0;
-	strlcpy(slot->site, entry ? entry->site : "", NAMEDATALEN);
-	memcpy(slot->domain_key, domain_key, len);
+	slot->domain = domain_name;
+	slot->site = site;
+	slot->key_len = key_len;
+	memcpy(slot->key, packed, key_len & ~SOR_KEY_PACKED_UUID);
 	if (upper != lower)
 		LWLockRelease(upper);
 	LWLockRelease(lower);
