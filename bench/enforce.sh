@@ -152,7 +152,7 @@ enforce_prewarmed() {
     if [ "$slots" -lt $((n + n / 2)) ]; then
         while [ "$slots" -lt $((n + n / 2)) ]; do slots=$((slots * 2)); done
         sql postgres -c "ALTER SYSTEM SET sor.shared_cache_entries = $slots"
-        "$bin/pg_ctl" -D "$work/data" -l "$work/server.log" -m fast -w restart >/dev/null
+        restart_server
         resized=true
     fi
     log "enforcement, scenario ${scen}_prewarmed: $n keys, a shared cache of $slots entries"
@@ -163,7 +163,7 @@ enforce_prewarmed() {
     enforce_rows "$scen" "$n" insert "${scen}_prewarmed"
     if $resized; then
         sql postgres -c "ALTER SYSTEM RESET sor.shared_cache_entries"
-        "$bin/pg_ctl" -D "$work/data" -l "$work/server.log" -m fast -w restart >/dev/null
+        restart_server
     fi
 }
 

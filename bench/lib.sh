@@ -16,8 +16,8 @@ die() { log "ERROR: $*"; exit 1; }
 # Start the server: settings that hold for every part; the enforcement
 # database turns synchronous_commit off for itself (see setup_databases).
 # sor's shared ownership cache is sized to hold the 100,000 entries of
-# part 1 (about 40 MB; the default holds 65,536).  bench/run reserves huge
-# pages for the shared memory.
+# part 1 (16 MB; the default holds 65,536).  bench/run reserves huge pages
+# for the shared memory.
 start_server() {
     "$bin/initdb" -D "$work/data" -A trust -E UTF8 --locale=C >/dev/null
     cat >>"$work/data/postgresql.conf" <<EOF
@@ -33,6 +33,11 @@ max_locks_per_transaction = 256
 sor.shared_cache_entries = 262144
 EOF
     "$bin/pg_ctl" -D "$work/data" -l "$work/server.log" -w start >/dev/null
+}
+
+# restart_server: after a change of a setting that needs a restart.
+restart_server() {
+    "$bin/pg_ctl" -D "$work/data" -l "$work/server.log" -m fast -w restart >/dev/null
 }
 
 stop_server() {

@@ -79,6 +79,9 @@ typedef struct SorDomain
 	/* while entries_cached is ALL: the entries' key digests, sorted */
 	uint64	   *entry_digests;	/* NULL: not known */
 	int			n_entry_digests;
+	/* the number of its name in the shared cache (shared_cache.c); -1: not
+	 * asked yet */
+	int32		shared_cache_name;
 	/* a bulk write's lookups (sor_bulk_owner()), in one transaction */
 	struct BulkOwners *bulk_owners;
 	LocalTransactionId bulk_lxid;
@@ -166,10 +169,10 @@ extern void sor_lock_domain_against_handoffs(const char *domain);
 
 /* shared_cache.c */
 extern void sor_shared_cache_init(void);
-extern bool sor_shared_cache_get(Oid owner_entry, const SorDomain *domain,
+extern bool sor_shared_cache_get(Oid owner_entry, SorDomain *domain,
 								 const char *key, uint64 record_hash,
 								 bool *has_entry, SorOwnership *entry);
-extern bool sor_shared_cache_put(Oid owner_entry, const SorDomain *domain,
+extern bool sor_shared_cache_put(Oid owner_entry, SorDomain *domain,
 								 const char *key, uint64 record_hash,
 								 const SorOwnership *entry);
 extern void sor_shared_cache_check_usable(void);

@@ -440,6 +440,7 @@ sor_lookup_domain(const char *name, bool missing_ok)
 
 	memset(&loaded, 0, sizeof(loaded));
 	strlcpy(loaded.name, name, sizeof(loaded.name));
+	loaded.shared_cache_name = -1;
 	tupdesc = RelationGetDescr(rel);
 
 	datum = heap_getattr(tuple, Anum_domain_key_type, tupdesc, &isnull);

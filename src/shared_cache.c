@@ -46,8 +46,8 @@
  * million buckets), with 28% of the records in their second bucket, where
  * a lookup reads both.
  *
- * A slot is one cache line (64 bytes), so that a lookup that finds its
- * record reads one line of it.  It names its domain and site by numbers:
+ * A slot is one cache line (64 bytes), so that a lookup reads one line
+ * for each slot it looks at.  It names its domain and site by numbers:
  * each name is written once into a table of names in shared memory
  * (SOR_SHARED_NAMES of them, never removed until the server restarts), and
  * each backend remembers the numbers of the names it has used.  The key is
@@ -288,6 +288,15 @@ shared_name(const char *name)
 	return local->number;
 }
 
+/* The number of domain's name, asked of the table once per cached domain. */
+static uint16
+domain_number(SorDomain *domain)
+{
+	if (domain->shared_cache_name < 0)
+		domain->shared_cache_name = shared_name(domain->name);
+	return (uint16) domain->shared_cache_name;
+}
+
 /*
  * key as a slot keeps it, into buf: false if it does not fit.  A uuid key,
  * in its canonical text form (uuid_out's), is kept as its 16 bytes.
@@ -352,7 +361,7 @@ slot_is(SharedOwnerSlot *slot, uint64 record_hash, Oid owner_entry,
  * record's write lock.
  */
 bool
-sor_shared_cache_get(Oid owner_entry, const SorDomain *domain,
+sor_shared_cache_get(Oid owner_entry, SorDomain *domain,
 					 const char *key, uint64 record_hash,
 					 bool *has_entry, SorOwnership *entry)
 {
@@ -370,7 +379,7 @@ sor_shared_cache_get(Oid owner_entry, const SorDomain *domain,
 
 	if (!shared_cache_usable() ||
 		!pack_key(domain, key, packed, &key_len) ||
-		(domain_name = shared_name(domain->name)) == 0)
+		(domain_name = domain_number(domain)) == 0)
 		return false;
 
 	buckets_of(record_hash, first, lock);
@@ -412,7 +421,7 @@ sor_shared_cache_get(Oid owner_entry, const SorDomain *domain,
  * probed after taking it.  False if the record cannot be kept.
  */
 bool
-sor_shared_cache_put(Oid owner_entry, const SorDomain *domain,
+sor_shared_cache_put(Oid owner_entry, SorDomain *domain,
 					 const char *key, uint64 record_hash,
 					 const SorOwnership *entry)
 {
@@ -431,7 +440,7 @@ sor_shared_cache_put(Oid owner_entry, const SorDomain *domain,
 
 	if (!shared_cache_usable() ||
 		!pack_key(domain, key, packed, &key_len) ||
-		(domain_name = shared_name(domain->name)) == 0 ||
+		(domain_name = domain_number(domain)) == 0 ||
 		(entry != NULL && (site = shared_name(entry->site)) == 0))
 		return false;
 
