@@ -111,11 +111,11 @@ enforce_rows() {
     done
 }
 
-# enforce_bulk SCEN N WORKLOAD: $bulk_rows rows into a fresh table per
-# variant and round.  COPY FROM is not supported under row-level security:
-# no rls figure for it.
+# enforce_bulk SCEN N WORKLOAD [LABEL]: $bulk_rows rows into a fresh table
+# per variant and round, recorded as scenario LABEL (default SCEN).  COPY
+# FROM is not supported under row-level security: no rls figure for it.
 enforce_bulk() {
-    local scen=$1 n=$2 workload=$3 r v ms stmt line
+    local scen=$1 n=$2 workload=$3 label=${4:-$1} r v ms stmt line
     local file=$work/copy_$scen.csv
     local rows="SELECT 1 + (i::bigint * 7919) % $n, 'a', i FROM generate_series(1, $bulk_rows) i"
     [ "$workload" = copy ] && [ ! -f "$file" ] &&
@@ -131,17 +131,17 @@ enforce_bulk() {
             esac
             ms=$(elapsed_ms bench enforce "$stmt")
             sql enforce -c "DROP TABLE ${scen}_$v.bulk"
-            record enforce_bulk "$scen/$workload" "$v" "$r" "$(bc <<<"scale=0; $bulk_rows * 1000 / $ms")" "rows/s"
+            record enforce_bulk "$label/$workload" "$v" "$r" "$(bc <<<"scale=0; $bulk_rows * 1000 / $ms")" "rows/s"
             line+=" $v ${ms}ms"
         done
         log "$line"
     done
 }
 
-# enforce_prewarmed SCEN N: the scenario's single-row writes once more,
-# with sor's shared ownership cache sized for its N entries (the server
-# restarted with sor.shared_cache_entries at least 1.5 N, if the cache is
-# smaller) and filled by sor.prewarm_shared_cache(), as an administrator
+# enforce_prewarmed SCEN N: the scenario's single-row and bulk writes once
+# more, with sor's shared ownership cache sized for its N entries (the
+# server restarted with sor.shared_cache_entries at least 1.5 N, if the
+# cache is smaller) and filled by sor.prewarm_shared_cache(), as an administrator
 # would for a domain this large.  Recorded as scenario SCEN_prewarmed, for
 # the unregistered table, sor and the no-op trigger only: PL/pgSQL's
 # sor.owner_of() and RLS do not read the shared cache.
@@ -161,6 +161,8 @@ enforce_prewarmed() {
     log "  prewarm of $n entries in $(bc <<<"scale=1; $ms / 1000") s"
     enforce_rows "$scen" "$n" update "${scen}_prewarmed"
     enforce_rows "$scen" "$n" insert "${scen}_prewarmed"
+    enforce_bulk "$scen" "$n" insert_select "${scen}_prewarmed"
+    enforce_bulk "$scen" "$n" copy "${scen}_prewarmed"
     if $resized; then
         sql postgres -c "ALTER SYSTEM RESET sor.shared_cache_entries"
         restart_server

@@ -108,7 +108,7 @@ typedef struct SharedCache
 	LWLockPadded *locks;		/* SOR_SHARED_CACHE_LOCKS, then the names' */
 	SharedOwnerSlot *slots;		/* aligned to a cache line */
 	/* names of domains and sites: number n is names[n - 1] */
-	pg_atomic_uint32 nnames;
+	uint32		nnames;			/* under the tranche's last lock */
 	NameData	names[SOR_SHARED_NAMES];
 } SharedCache;
 
@@ -165,7 +165,6 @@ shared_cache_shmem_startup(void)
 		shared_cache->locks = GetNamedLWLockTranche("sor shared cache");
 		shared_cache->slots = (SharedOwnerSlot *)
 			CACHELINEALIGN((char *) shared_cache + sizeof(SharedCache));
-		pg_atomic_init_u32(&shared_cache->nnames, 0);
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -249,7 +248,6 @@ static uint16
 shared_name(const char *name)
 {
 	LocalName  *local;
-	bool		found;
 	LWLock	   *lock = &shared_cache->locks[SOR_SHARED_CACHE_LOCKS].lock;
 	uint32		n;
 	uint32		i;
@@ -270,20 +268,23 @@ shared_name(const char *name)
 	if (local != NULL)
 		return local->number;
 
-	/* names are only ever added, each before nnames counts it */
+	/*
+	 * Names are only ever added.  A number read from a slot was handed out
+	 * under this lock, so its name is there to read without it.
+	 */
 	LWLockAcquire(lock, LW_EXCLUSIVE);
-	n = pg_atomic_read_u32(&shared_cache->nnames);
+	n = shared_cache->nnames;
 	for (i = 0; i < n; i++)
 		if (strcmp(NameStr(shared_cache->names[i]), name) == 0)
 			break;
 	if (i == n && n < SOR_SHARED_NAMES)
 	{
 		strlcpy(NameStr(shared_cache->names[n]), name, NAMEDATALEN);
-		pg_atomic_write_u32(&shared_cache->nnames, n + 1);
+		shared_cache->nnames = n + 1;
 	}
 	LWLockRelease(lock);
 
-	local = hash_search(local_names, name, HASH_ENTER, &found);
+	local = hash_search(local_names, name, HASH_ENTER, NULL);
 	local->number = i < SOR_SHARED_NAMES ? (uint16) (i + 1) : 0;
 	return local->number;
 }
