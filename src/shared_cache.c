@@ -109,6 +109,7 @@ typedef struct SharedCache
 	SharedOwnerSlot *slots;		/* aligned to a cache line */
 	/* names of domains and sites: number n is names[n - 1] */
 	uint32		nnames;			/* under the tranche's last lock */
+	bool		names_full;		/* a name found no room (logged once) */
 	NameData	names[SOR_SHARED_NAMES];
 } SharedCache;
 
@@ -251,6 +252,7 @@ shared_name(const char *name)
 	LWLock	   *lock = &shared_cache->locks[SOR_SHARED_CACHE_LOCKS].lock;
 	uint32		n;
 	uint32		i;
+	bool		first_left_out = false;
 
 	if (strlen(name) >= NAMEDATALEN)
 		return 0;
@@ -282,7 +284,16 @@ shared_name(const char *name)
 		strlcpy(NameStr(shared_cache->names[n]), name, NAMEDATALEN);
 		shared_cache->nnames = n + 1;
 	}
+	else if (i == n && !shared_cache->names_full)
+		shared_cache->names_full = first_left_out = true;
 	LWLockRelease(lock);
+
+	if (first_left_out)
+		ereport(LOG,
+				(errmsg("sor's shared ownership cache has no room for the name \"%s\"",
+						name),
+				 errdetail("The cache names at most %d domains and sites until the server restarts; ownership entries of the others are not kept, and writes of their records probe sor.owner_entry.",
+						   SOR_SHARED_NAMES)));
 
 	local = hash_search(local_names, name, HASH_ENTER, NULL);
 	local->number = i < SOR_SHARED_NAMES ? (uint16) (i + 1) : 0;
