@@ -761,10 +761,10 @@ sor_key_has_no_entry(SorTable *table, Datum key)
  * What a bulk write looked up.  A transaction that holds its domain's write
  * lock (it escalated, lock.c) writes many records, often the same ones
  * again (the lines of one order, the events of one device).  Every owner
- * it looks up for an integer key is kept in a table of its own, keyed by
- * the key's value: the next row with that key needs neither the key's text
- * nor a lookup in the ownership caches, whose entries are larger and
- * farther away in memory.
+ * it looks up for an integer or uuid key is kept in a table of its own,
+ * keyed by the key's value: the next row with that key needs neither the
+ * key's text nor a lookup in the ownership caches, whose entries are larger
+ * and farther away in memory.
  *
  * The answers stay true while the transaction holds the domain's lock,
  * since no other transaction can commit a change of the domain's ownership
@@ -775,12 +775,19 @@ sor_key_has_no_entry(SorTable *table, Datum key)
  * lock is held, and not at all once the transaction has changed an
  * ownership entry itself, the rule of the shared cache.  All tables of the
  * current generation live in bulk_context, a child of the transaction's
- * memory.  Keys of other types are not kept: only an integer's value names
- * its record exactly (key_digest() hashes the others).
+ * memory.  Text keys are not kept: their values have no fixed size.
  */
+
+/* An integer key's value in lo (hi 0), or a uuid key's 16 bytes. */
+typedef struct BulkKey
+{
+	uint64		lo;
+	uint64		hi;
+} BulkKey;
+
 typedef struct BulkOwner
 {
-	uint64		key;			/* the key's value, as key_digest() gives it */
+	BulkKey		key;
 	int64		epoch;
 	uint16		site;			/* index into BulkOwners.sites */
 	bool		owned;
@@ -790,17 +797,18 @@ typedef struct BulkOwner
 
 #define SH_PREFIX		bulk_owner
 #define SH_ELEMENT_TYPE	BulkOwner
-#define SH_KEY_TYPE		uint64
+#define SH_KEY_TYPE		BulkKey
 #define SH_KEY			key
 #define SH_HASH_KEY(tb, key) \
-	hash_combine(murmurhash32((uint32) (key)), murmurhash32((uint32) ((key) >> 32)))
-#define SH_EQUAL(tb, a, b)	((a) == (b))
+	hash_combine(murmurhash32((uint32) ((key).lo ^ (key).hi)), \
+				 murmurhash32((uint32) (((key).lo ^ (key).hi) >> 32)))
+#define SH_EQUAL(tb, a, b)	((a).lo == (b).lo && (a).hi == (b).hi)
 #define SH_SCOPE		static inline
 #define SH_DECLARE
 #define SH_DEFINE
 #include "lib/simplehash.h"
 
-/* At most this many keys per domain and transaction: a table of 6 MB. */
+/* At most this many keys per domain and transaction: a table of 8 MB. */
 #define SOR_BULK_OWNERS_MAX		(1 << 17)
 #define SOR_BULK_SITES_MAX		16
 
@@ -818,16 +826,22 @@ static MemoryContext bulk_context = NULL;
 static LocalTransactionId bulk_context_lxid = InvalidLocalTransactionId;
 static uint64 bulk_context_generation = 0;
 
-/* The value of an integer key, which names its record exactly. */
+/* The value of an integer or uuid key, which names its record exactly. */
 static bool
-integer_key(SorTable *table, Datum key, uint64 *value)
+bulk_key(SorTable *table, Datum key, BulkKey *value)
 {
 	switch (table->key_base_type)
 	{
 		case INT2OID:
 		case INT4OID:
 		case INT8OID:
-			return key_digest(table->key_base_type, key, value);
+			value->hi = 0;
+			return key_digest(table->key_base_type, key, &value->lo);
+		case UUIDOID:
+			StaticAssertStmt(sizeof(BulkKey) == UUID_LEN,
+							 "a bulk key holds a uuid");
+			memcpy(value, DatumGetUUIDP(key)->data, UUID_LEN);
+			return true;
 		default:
 			return false;
 	}
@@ -880,9 +894,9 @@ sor_bulk_owner(SorTable *table, Datum key, SorOwnership *result)
 {
 	BulkOwners *bulk = bulk_owners_of(table->domain);
 	BulkOwner  *owner;
-	uint64		value;
+	BulkKey		value;
 
-	if (bulk == NULL || bulk->given_up || !integer_key(table, key, &value))
+	if (bulk == NULL || bulk->given_up || !bulk_key(table, key, &value))
 		return false;
 	owner = bulk_owner_lookup(bulk->owners, value);
 	if (owner == NULL)
@@ -911,11 +925,11 @@ sor_bulk_remember_owner(SorTable *table, Datum key,
 {
 	BulkOwners *bulk;
 	BulkOwner  *owner;
-	uint64		value;
+	BulkKey		value;
 	int			site = 0;
 	bool		found;
 
-	if (!integer_key(table, key, &value) ||
+	if (!bulk_key(table, key, &value) ||
 		sor_transaction_changed_ownership())
 		return;
 	bulk = bulk_owners_of(table->domain);

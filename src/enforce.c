@@ -171,8 +171,8 @@ text_or_null(const char *value, char *null)
  * A transaction that holds its domain's lock (a bulk write) takes no more
  * locks, and in a domain whose keys all fall to the default owner needs
  * neither the key's text nor a lookup: the fast path of COPY and
- * INSERT ... SELECT.  Nor does it for an integer key that it has looked up
- * before (sor_bulk_owner()).
+ * INSERT ... SELECT.  Nor does it for an integer or uuid key that it has
+ * looked up before (sor_bulk_owner()).
  */
 static SorTable *
 lock_record(Relation rel, HeapTuple tuple, Datum *key, SorOwnership *owner)
