@@ -172,9 +172,10 @@ extern void sor_shared_cache_init(void);
 extern bool sor_shared_cache_get(Oid owner_entry, SorDomain *domain,
 								 const char *key, uint64 record_hash,
 								 bool *has_entry, SorOwnership *entry);
+extern uint32 sor_shared_cache_generation(void);
 extern bool sor_shared_cache_put(Oid owner_entry, SorDomain *domain,
 								 const char *key, uint64 record_hash,
-								 const SorOwnership *entry);
+								 const SorOwnership *entry, uint32 generation);
 extern void sor_shared_cache_check_usable(void);
 extern void sor_shared_cache_forget(const char *domain, const char *key);
 extern void sor_shared_cache_forget_all(void);

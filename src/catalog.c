@@ -1073,7 +1073,9 @@ preload_entries(SorDomain *domain)
  * change after that empties the entry's slot.  The catalog is locked
  * against ALTER TABLE too (ShareUpdateExclusiveLock, which row changes do
  * not wait for): the ENABLE TRIGGER that ends a restore with the catalog's
- * triggers disabled waits, and then makes the slots filled here old.
+ * triggers disabled waits, and then makes the slots filled here old.  If
+ * the cache's generation moves during the scan all the same, the rest of
+ * the entries are not put.
  *
  * The scan reads sor.owner_entry whole, in physical order: the domains
  * worth it have many entries, which the primary key would visit in key
@@ -1089,6 +1091,7 @@ sor_prewarm_shared_cache(SorDomain *domain)
 	HeapTuple	tuple;
 	MemoryContext per_entry;
 	int64		n = 0;
+	uint32		generation;
 
 	per_entry = AllocSetContextCreate(CurrentMemoryContext,
 									  "sor prewarm entry",
@@ -1096,6 +1099,7 @@ sor_prewarm_shared_cache(SorDomain *domain)
 	ScanKeyInit(&scankey, Anum_owner_entry_domain, BTEqualStrategyNumber,
 				F_TEXTEQ, CStringGetTextDatum(domain->name));
 	rel = table_open(catalog.owner_entry, ShareUpdateExclusiveLock);
+	generation = sor_shared_cache_generation();
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	scan = systable_beginscan(rel, InvalidOid, false, snapshot, 1, &scankey);
 	while ((tuple = systable_getnext(scan)) != NULL)
@@ -1115,7 +1119,7 @@ sor_prewarm_shared_cache(SorDomain *domain)
 		ownership_of_entry(domain, key, values, &ownership);
 		if (sor_shared_cache_put(catalog.owner_entry, domain, key,
 								 sor_record_hash(domain->name, key),
-								 &ownership))
+								 &ownership, generation))
 			n++;
 		MemoryContextSwitchTo(caller);
 		MemoryContextReset(per_entry);
@@ -1259,6 +1263,7 @@ sor_lookup_owner(SorDomain *domain, const char *key, uint64 record_hash,
 	bool		has_entry;
 	bool		awaiting_acks = false;
 	bool		asked_shared = false;
+	uint32		generation;
 
 	load_catalog();
 
@@ -1292,6 +1297,7 @@ sor_lookup_owner(SorDomain *domain, const char *key, uint64 record_hash,
 		shared_ownership(domain, key, record_hash, result))
 		return;
 
+	generation = sor_shared_cache_generation();
 	has_entry = probe_owner_entry(domain, key, &entry, &awaiting_acks);
 	if (has_entry)
 		*result = entry;
@@ -1300,7 +1306,8 @@ sor_lookup_owner(SorDomain *domain, const char *key, uint64 record_hash,
 	cache_ownership(domain, key, record_hash, result);
 	if (write_locked && !awaiting_acks)
 		sor_shared_cache_put(catalog.owner_entry, domain, key,
-							 record_hash, has_entry ? &entry : NULL);
+							 record_hash, has_entry ? &entry : NULL,
+							 generation);
 }
 
 /*

@@ -29,6 +29,13 @@
  *	- TRUNCATE of the catalog, which has no row triggers, makes every slot
  *	  old at once (sor_shared_cache_forget_all()); it holds the catalog
  *	  exclusively, and a probe holds it shared until its transaction ends;
+ *	- so does an ALTER TABLE of the catalog, such as the ENABLE TRIGGER that
+ *	  ends a restore with the catalog's triggers disabled, which changed
+ *	  entries without emptying their slots.  It does not wait for probes,
+ *	  so a slot is filled only if the cache's generation has not moved
+ *	  since before the probe's snapshot, and the generation moves again
+ *	  when the ALTER TABLE's transaction commits (a probe between the two
+ *	  could not see the restored entries yet);
  *	- a slot names the database and the OID of its sor.owner_entry, so a
  *	  dropped and created again extension does not find the old slots.
  *
@@ -64,6 +71,7 @@
 
 #include "catalog/pg_type_d.h"
 #include "common/hashfn.h"
+#include "access/xact.h"
 #include "miscadmin.h"
 #include "port/atomics.h"
 #include "storage/ipc.h"
@@ -125,6 +133,9 @@ static HTAB *local_names = NULL;
 
 /* The transaction that changed an ownership entry last in this backend. */
 static LocalTransactionId changed_in = InvalidLocalTransactionId;
+
+/* This transaction made every slot old, and does so again at its commit. */
+static bool forget_all_at_commit = false;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
@@ -427,21 +438,38 @@ sor_shared_cache_get(Oid owner_entry, SorDomain *domain,
 }
 
 /*
+ * The cache's generation, to be read before the snapshot of a probe whose
+ * findings go to sor_shared_cache_put().
+ */
+uint32
+sor_shared_cache_generation(void)
+{
+	uint32		generation;
+
+	if (shared_cache == NULL)
+		return 0;
+	generation = pg_atomic_read_u32(&shared_cache->generation);
+	/* read before the snapshot's data */
+	pg_read_barrier();
+	return generation;
+}
+
+/*
  * Keep what a probe found for (domain, key): its ownership entry (entry,
  * not waiting for acknowledgements), or that it has none (entry NULL).  The
  * caller must hold the record's write lock (or its domain's) and have
- * probed after taking it.  False if the record cannot be kept.
+ * probed after taking it, with a snapshot taken after it read generation
+ * (sor_shared_cache_generation()).  False if the record cannot be kept.
  */
 bool
 sor_shared_cache_put(Oid owner_entry, SorDomain *domain,
 					 const char *key, uint64 record_hash,
-					 const SorOwnership *entry)
+					 const SorOwnership *entry, uint32 generation)
 {
 	char		packed[SOR_SHARED_KEY_MAX];
 	uint8		key_len;
 	uint16		domain_name;
 	uint16		site = 0;
-	uint32		generation;
 	SharedOwnerSlot *first[2];
 	SharedOwnerSlot *slot = NULL;
 	LWLock	   *lock[2];
@@ -463,7 +491,20 @@ sor_shared_cache_put(Oid owner_entry, SorDomain *domain,
 	LWLockAcquire(lower, LW_EXCLUSIVE);
 	if (upper != lower)
 		LWLockAcquire(upper, LW_EXCLUSIVE);
-	generation = pg_atomic_read_u32(&shared_cache->generation);
+
+	/*
+	 * Every slot became old since the probe began: what it found may be
+	 * old too.  (A move after this check makes this slot old with the
+	 * rest.)
+	 */
+	if (pg_atomic_read_u32(&shared_cache->generation) != generation)
+	{
+		if (upper != lower)
+			LWLockRelease(upper);
+		LWLockRelease(lower);
+		return false;
+	}
+
 	/*
 	 * The record's own slot, else an unused or old one in the bucket with
 	 * more of them (the first if both have as many), else one picked by
@@ -540,13 +581,53 @@ sor_shared_cache_forget(const char *domain, const char *key)
 }
 
 /*
- * Every slot becomes old (TRUNCATE of a sor catalog table).  Called with
- * the catalog table locked exclusively.
+ * At the commit of a transaction that called sor_shared_cache_forget_all(),
+ * every slot becomes old again; such a transaction cannot be prepared,
+ * since its commit could come in any session.
+ */
+static void
+forget_all_xact_callback(XactEvent event, void *arg)
+{
+	if (!forget_all_at_commit)
+		return;
+	switch (event)
+	{
+		case XACT_EVENT_PRE_PREPARE:
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("cannot PREPARE a transaction that has truncated or altered a sor catalog table")));
+			break;
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			pg_atomic_fetch_add_u32(&shared_cache->generation, 1);
+			forget_all_at_commit = false;
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			forget_all_at_commit = false;
+			break;
+		default:
+			break;
+	}
+}
+
+/*
+ * Every slot becomes old, now and when this transaction commits (TRUNCATE
+ * or ALTER TABLE of a sor catalog table).
  */
 void
 sor_shared_cache_forget_all(void)
 {
+	static bool callback_registered = false;
+
 	changed_in = MyLocalTransactionId;
-	if (shared_cache != NULL)
-		pg_atomic_fetch_add_u32(&shared_cache->generation, 1);
+	if (shared_cache == NULL)
+		return;
+	pg_atomic_fetch_add_u32(&shared_cache->generation, 1);
+	if (!callback_registered)
+	{
+		RegisterXactCallback(forget_all_xact_callback, NULL);
+		callback_registered = true;
+	}
+	forget_all_at_commit = true;
 }
