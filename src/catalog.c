@@ -45,6 +45,9 @@
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "utils/uuid.h"
+#if PG_VERSION_NUM >= 160000
+#include "varatt.h"
+#endif
 
 #include "sor.h"
 
@@ -1169,7 +1172,11 @@ probe_owner_entry(SorDomain *domain, const char *key, SorOwnership *entry,
 	index = index_open(catalog.owner_entry_key_hash, AccessShareLock);
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	slot = table_slot_create(rel, NULL);
+#if PG_VERSION_NUM >= 180000
+	scan = index_beginscan(rel, index, snapshot, NULL, 1, 0);
+#else
 	scan = index_beginscan(rel, index, snapshot, 1, 0);
+#endif
 	index_rescan(scan, &scankey, 1, NULL, 0);
 	while (!found && index_getnext_slot(scan, ForwardScanDirection, slot))
 	{
