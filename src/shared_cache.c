@@ -78,6 +78,7 @@
 #include "storage/lwlock.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
+#include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
 #include "utils/uuid.h"
@@ -332,28 +333,14 @@ pack_key(const SorDomain *domain, const char *key, char *buf, uint8 *len)
 	if (domain->key_type == UUIDOID && klen == 36 &&
 		key[8] == '-' && key[13] == '-' && key[18] == '-' && key[23] == '-')
 	{
-		int			n = 0;
+		/* uuid_out's groups of 8, 4, 4, 4 and 12 hexadecimal digits */
+		static const int group_start[] = {0, 9, 14, 19, 24, 37};
+		char	   *out = buf;
 
-		/* 32 hexadecimal digits in small letters, in groups of 8-4-4-4-12 */
-		for (const char *p = key; *p != '\0'; p++)
-		{
-			int			digit;
-
-			if (p - key == 8 || p - key == 13 || p - key == 18 || p - key == 23)
-				continue;
-			if (*p >= '0' && *p <= '9')
-				digit = *p - '0';
-			else if (*p >= 'a' && *p <= 'f')
-				digit = *p - 'a' + 10;
-			else
-				return false;
-			if (n % 2 == 0)
-				buf[n / 2] = (char) (digit << 4);
-			else
-				buf[n / 2] |= (char) digit;
-			n++;
-		}
-		Assert(n == 2 * UUID_LEN);
+		for (int g = 0; g < 5; g++)
+			out += hex_decode(key + group_start[g],
+							  group_start[g + 1] - group_start[g] - 1, out);
+		Assert(out - buf == UUID_LEN);
 		*len = SOR_KEY_PACKED_UUID | UUID_LEN;
 		return true;
 	}
